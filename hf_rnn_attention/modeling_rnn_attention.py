@@ -1,0 +1,759 @@
+"""A recurrent encoder–decoder with attention, as a Hugging Face transformers model.
+
+The file reads top to bottom along the path of one sentence:
+
+    input_ids ─▶ RNNAttentionEncoder (shared embedding → packed BiLSTM/GRU) ─▶ encoder outputs h̄_s
+              ─▶ Bridge (decoder initial state from the encoder's final states)
+              ─▶ score functions (dot, scaled dot, general, additive) and Attention (mask → softmax → Σ)
+              ─▶ RNNAttentionDecoder (Luong or Bahdanau order, optional input feeding; a parallel
+                 "fast path" when no step depends on the previous attention output)
+              ─▶ RNNAttentionCache (decoder state, input feed and the per-sentence memory for generate())
+              ─▶ RNNAttentionModel / RNNAttentionForConditionalGeneration (output layer, loss, teacher
+                 forcing and scheduled sampling, GenerationMixin)
+
+References:
+    Bahdanau, Cho, Bengio (2015). Neural Machine Translation by Jointly Learning to Align and Translate.
+    Luong, Pham, Manning (2015). Effective Approaches to Attention-based Neural Machine Translation.
+    Bengio, Vinyals, Jaitly, Shazeer (2015). Scheduled Sampling for Sequence Prediction with RNNs.
+
+Shapes use B = batch, S = source length, T = target length, E = embedding size, H = decoder hidden size,
+M = encoder output size (2 x encoder hidden size when bidirectional), L = decoder layers, V = vocabulary.
+
+Only torch and transformers are imported absolutely, so that a saved folder loads as Hub remote code.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.utils import ModelOutput
+
+from .configuration_rnn_attention import RNNAttentionConfig
+
+try:  # transformers 5.x: init functions that leave weights loaded from a checkpoint alone
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x
+    from torch.nn import init
+
+RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing inputs from labels: ``<sos> y_1 … y_{T-1}``; ignored label positions (-100) become pad."""
+    shifted = labels.new_empty(labels.shape)  # (B, T)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"`{name}` contains token ids outside [0, vocab_size={vocab_size}): min {int(ids.min())}, "
+            f"max {int(ids.max())}. Use the tokenizer the model was trained with (labels may use -100 only)."
+        )
+
+
+# ─────────────────────────────────────────────── Encoder ───────────────────────────────────────────────
+
+
+@dataclass
+class RNNAttentionEncoderOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(B, S, M)`): the encoder outputs h̄_s = [h_fwd; h_bwd]
+            at every source position (zeros at padding); the attention memory.
+        final_hidden_state (`torch.FloatTensor` of shape `(B, M)`): the top layer's final hidden states,
+            [h_fwd at the last real token; h_bwd at the first token]. Batch-first, so generate() can expand it.
+        final_cell_state (`torch.FloatTensor` of shape `(B, M)`, LSTM only): the matching final cell states.
+        hidden_states: `(last_hidden_state,)` when `output_hidden_states`.
+        attentions: always None (the encoder has no self-attention).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    final_hidden_state: torch.FloatTensor | None = None
+    final_cell_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class RNNAttentionEncoder(nn.Module):
+    """Shared embedding → dropout → packed (bi)directional LSTM/GRU. Padding never enters the recurrence."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: RNNAttentionConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = embed_tokens
+        self.dropout = nn.Dropout(config.dropout)
+        self.rnn = RNN_CLASSES[config.rnn_type](
+            config.embedding_size,
+            config.encoder_hidden_size,
+            num_layers=config.encoder_layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout if config.encoder_layers > 1 else 0.0,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> RNNAttentionEncoderOutput | tuple:
+        """
+        Args:
+            input_ids (`(B, S)`): right-padded source token ids.
+            attention_mask (`(B, S)`, 1 = token, 0 = padding): inferred from `pad_token_id` when not given.
+        """
+        if input_ids is None or input_ids.dim() != 2:
+            raise ValueError("The encoder needs `input_ids` of shape (batch, source_length).")
+        _check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has {tuple(input_ids.shape)}."
+            )
+        mask = attention_mask.bool()  # (B, S)
+        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError(
+                "`attention_mask` must be right-padded (each row: ones, then zeros); tokenize with padding_side='right'."
+            )
+        batch_size, source_len = input_ids.shape
+        lengths = mask.sum(dim=1).clamp(min=1)  # (B,); an empty source reads one pad token and stays finite
+
+        embedded = self.dropout(self.embed_tokens(input_ids))  # (B, S, E)
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_outputs, final = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=source_len)  # (B, S, M)
+
+        directions = 2 if self.config.bidirectional else 1
+
+        def top_layer(state):  # (layers * directions, B, H_enc) → (B, M)
+            state = state.view(self.config.encoder_layers, directions, batch_size, -1)[-1]  # (directions, B, H_enc)
+            return state.transpose(0, 1).reshape(batch_size, -1)
+
+        if self.config.rnn_type == "lstm":
+            final_hidden, final_cell = top_layer(final[0]), top_layer(final[1])
+        else:
+            final_hidden, final_cell = top_layer(final), None
+
+        result = RNNAttentionEncoderOutput(
+            last_hidden_state=outputs,
+            final_hidden_state=final_hidden,
+            final_cell_state=final_cell,
+            hidden_states=(outputs,) if output_hidden_states else None,
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+
+# ─────────────────────────────────────────────── Bridge ────────────────────────────────────────────────
+
+
+class Bridge(nn.Module):
+    """The decoder's initial state s_0 from the encoder: the "context vector" of the classic encoder–decoder.
+
+    `linear`: s_0 = tanh(W_s [h_fwd; h_bwd]) (Bahdanau et al. 2015, appendix A.2.2), and the same for the
+    LSTM cell; `last`: the encoder's final states unchanged; `mean`: the masked mean of the encoder outputs;
+    `zeros`: zeros. The same s_0 starts every decoder layer.
+    """
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__()
+        self.kind = config.bridge
+        self.is_lstm = config.rnn_type == "lstm"
+        self.num_layers = config.decoder_layers
+        self.hidden_size = config.decoder_hidden_size
+        if self.kind == "linear":
+            self.hidden_projection = nn.Linear(config.encoder_output_size, config.decoder_hidden_size)
+            self.cell_projection = (
+                nn.Linear(config.encoder_output_size, config.decoder_hidden_size) if self.is_lstm else None
+            )
+
+    def forward(self, encoder_outputs: RNNAttentionEncoderOutput, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Returns the decoder state: `(h_0,)` for GRU or `(h_0, c_0)` for LSTM, each `(L, B, H)`."""
+        final_hidden = encoder_outputs.final_hidden_state  # (B, M)
+        final_cell = encoder_outputs.final_cell_state  # (B, M) or None
+        if self.kind == "linear":
+            hidden = torch.tanh(self.hidden_projection(final_hidden))  # (B, H)
+            cell = torch.tanh(self.cell_projection(final_cell)) if self.is_lstm else None
+        elif self.kind == "last":
+            hidden, cell = final_hidden, final_cell
+        elif self.kind == "mean":
+            weights = mask.to(final_hidden.dtype).unsqueeze(-1)  # (B, S, 1)
+            summed = (encoder_outputs.last_hidden_state * weights).sum(dim=1)  # (B, M)
+            hidden = summed / weights.sum(dim=1).clamp(min=1.0)  # (B, H) with H == M
+            cell = torch.zeros_like(hidden) if self.is_lstm else None
+        else:  # zeros
+            hidden = final_hidden.new_zeros(final_hidden.shape[0], self.hidden_size)
+            cell = torch.zeros_like(hidden) if self.is_lstm else None
+        state = (hidden,) if not self.is_lstm else (hidden, cell)
+        return tuple(s.unsqueeze(0).expand(self.num_layers, -1, -1).contiguous() for s in state)  # (L, B, H)
+
+
+# ─────────────────────────────────────────── Score functions ───────────────────────────────────────────
+# Each score compares decoder queries with the encoder outputs. `project_keys` runs once per sentence
+# (its result travels in the cache); `forward` runs for every decoding step.
+
+
+class DotScore(nn.Module):
+    """Luong et al. (2015), eq. 8, "dot": score(h_t, h̄_s) = h_tᵀ h̄_s. Needs H == M."""
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__()
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory  # (B, S, M)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))  # (B, T, H) x (B, M, S) → (B, T, S)
+
+
+class ScaledDotScore(DotScore):
+    """Vaswani et al. (2017), eq. 1: score = h_tᵀ h̄_s / √d. The 1/√d is folded into the keys once per sentence."""
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__(config)
+        self.scale = 1.0 / math.sqrt(config.decoder_hidden_size)
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory * self.scale  # (B, S, M)
+
+
+class GeneralScore(DotScore):
+    """Luong et al. (2015), eq. 8, "general" (multiplicative): score = h_tᵀ W_a h̄_s; W_a h̄_s is the key."""
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__(config)
+        self.key_projection = nn.Linear(config.encoder_output_size, config.decoder_hidden_size, bias=False)  # W_a
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key_projection(memory)  # (B, S, H)
+
+
+class AdditiveScore(nn.Module):
+    """Bahdanau et al. (2015), appendix A.1.2 (Luong's "concat"): score = v_aᵀ tanh(W_a s + U_a h̄_s); U_a h̄_s is the key."""
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__()
+        size = config.decoder_hidden_size
+        self.key_projection = nn.Linear(config.encoder_output_size, size, bias=False)  # U_a
+        self.query_projection = nn.Linear(config.decoder_hidden_size, size, bias=False)  # W_a
+        self.energy = nn.Linear(size, 1, bias=False)  # v_a
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key_projection(memory)  # (B, S, A)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        query = self.query_projection(query)  # (B, T, A)
+        hidden = torch.tanh(query.unsqueeze(2) + keys.unsqueeze(1))  # (B, T, 1, A) + (B, 1, S, A) → (B, T, S, A)
+        return self.energy(hidden).squeeze(-1)  # (B, T, S)
+
+
+SCORE_FUNCTIONS = {"dot": DotScore, "scaled_dot": ScaledDotScore, "general": GeneralScore, "additive": AdditiveScore}
+
+
+# ────────────────────────────────────────────── Attention ──────────────────────────────────────────────
+
+
+class Memory(NamedTuple):
+    """What the decoder attends over; computed once per source sentence (per generate() call)."""
+
+    values: torch.Tensor  # (B, S, M) encoder outputs h̄_s
+    keys: torch.Tensor  # (B, S, K) h̄_s as the score function projects it
+    mask_bias: torch.Tensor  # (B, 1, S) 0 at tokens, the dtype's most negative value at padding
+
+
+class Attention(nn.Module):
+    """a_t = softmax(score(q_t, h̄) + mask), context c_t = Σ_s a_t(s) h̄_s. Works for one step or all T at once."""
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__()
+        self.score = SCORE_FUNCTIONS[config.attention_type](config)
+
+    def memory(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> Memory:
+        """Project the keys and build the padding bias once per sentence. `mask`: (B, S) bool."""
+        keys = self.score.project_keys(encoder_outputs)  # (B, S, K)
+        mask_bias = torch.zeros(mask.shape, dtype=encoder_outputs.dtype, device=encoder_outputs.device)
+        mask_bias = mask_bias.masked_fill(~mask, torch.finfo(encoder_outputs.dtype).min).unsqueeze(1)  # (B, 1, S)
+        return Memory(encoder_outputs, keys, mask_bias)
+
+    def forward(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """query `(B, T, H)` → context `(B, T, M)`, weights `(B, T, S)` (exactly 0 at padding)."""
+        scores = self.score(query, memory.keys) + memory.mask_bias  # (B, T, S)
+        weights = torch.softmax(scores, dim=-1)  # (B, T, S)
+        context = torch.bmm(weights.to(memory.values.dtype), memory.values)  # (B, T, S) x (B, S, M) → (B, T, M)
+        return context, weights
+
+
+# ─────────────────────────────────────────────── Decoder ───────────────────────────────────────────────
+
+
+class DecoderOutput(NamedTuple):
+    attentional: torch.Tensor  # (B, T, H) the vectors the output layer reads (h̃_t; h_t without attention)
+    attentions: torch.Tensor | None  # (B, T, S) attention weights, None without attention
+    rnn_outputs: torch.Tensor  # (B, T, H) top-layer RNN states
+    state: tuple[torch.Tensor, ...]  # (h,) or (h, c), each (L, B, H), after the last step
+    input_feed: torch.Tensor | None  # (B, H) the last attentional vector, when input feeding
+
+
+class RNNAttentionDecoder(nn.Module):
+    """Autoregressive LSTM/GRU decoder with attention over the encoder outputs.
+
+    Luong order (`decoder_style="luong"`): h_t = RNN([y_{t-1}; h̃_{t-1} if input feeding], h_{t-1}); attend with
+    h_t; attentional vector h̃_t = tanh(W_c [c_t; h_t]) (Luong eq. 5).
+    Bahdanau order (`decoder_style="bahdanau"`): attend with s_{t-1}; s_t = RNN([y_{t-1}; c_t], s_{t-1});
+    h̃_t = tanh(W_c [c_t; s_t]) (the "deep output" of Bahdanau eq. A.2.2, without the maxout).
+    Fast path: when no step reads the previous step's attention output (Luong order without input feeding, or
+    no attention) the RNN runs over the whole target in one call and attention is one batched product.
+    """
+
+    def __init__(self, config: RNNAttentionConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.dropout = nn.Dropout(config.dropout)
+        self.is_lstm = config.rnn_type == "lstm"
+        self.has_attention = config.attention_type != "none"
+        self.bahdanau_order = config.decoder_style == "bahdanau" and self.has_attention
+        self.input_feeding = config.input_feeding
+        input_size = config.embedding_size
+        if self.bahdanau_order:
+            input_size += config.encoder_output_size  # [y_{t-1}; c_t]
+        if self.input_feeding:
+            input_size += config.decoder_hidden_size  # [y_{t-1}; h̃_{t-1}]
+        self.rnn = RNN_CLASSES[config.rnn_type](
+            input_size,
+            config.decoder_hidden_size,
+            num_layers=config.decoder_layers,
+            batch_first=True,
+            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
+        )
+        if self.has_attention:
+            self.attention = Attention(config)
+            self.attention_combine = nn.Linear(  # W_c
+                config.encoder_output_size + config.decoder_hidden_size, config.decoder_hidden_size, bias=False
+            )
+        # Set False to force the step-by-step loop where the fast path applies (to check or time it).
+        self.fast_path = True
+
+    @property
+    def can_run_parallel(self) -> bool:
+        """True when teacher-forced steps are independent given the RNN states: the fast path applies."""
+        return not (self.bahdanau_order or self.input_feeding)
+
+    def _rnn(self, inputs: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        outputs, state = self.rnn(inputs, state if self.is_lstm else state[0])
+        return outputs, (state if self.is_lstm else (state,))
+
+    def _attentional(self, rnn_outputs: torch.Tensor, memory: Memory):
+        """h̃ = tanh(W_c [c; h]) for `(B, T, H)` states; the states themselves without attention."""
+        if not self.has_attention:
+            return rnn_outputs, None
+        context, weights = self.attention(rnn_outputs, memory)  # (B, T, M), (B, T, S)
+        attentional = torch.tanh(self.attention_combine(torch.cat([context, rnn_outputs], dim=-1)))  # (B, T, H)
+        return attentional, weights
+
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        return self.dropout(self.embed_tokens(input_ids))  # (B, T, E)
+
+    def step(self, embedded: torch.Tensor, memory: Memory, state: tuple, input_feed: torch.Tensor | None):
+        """One decoding step. `embedded` `(B, 1, E)` → attentional `(B, 1, H)`, weights `(B, 1, S)` or None,
+        RNN output `(B, 1, H)`, new state, new input feed `(B, H)` or None."""
+        if self.bahdanau_order:
+            query = state[0][-1].unsqueeze(1)  # s_{t-1}, top layer: (B, 1, H)
+            context, weights = self.attention(query, memory)  # (B, 1, M), (B, 1, S)
+            rnn_output, state = self._rnn(torch.cat([embedded, context], dim=-1), state)  # (B, 1, H)
+            combined = torch.cat([context, rnn_output], dim=-1)  # (B, 1, M + H)
+            attentional = torch.tanh(self.attention_combine(combined))  # (B, 1, H)
+        else:
+            if self.input_feeding:
+                embedded = torch.cat([embedded, input_feed.unsqueeze(1)], dim=-1)  # (B, 1, E + H)
+            rnn_output, state = self._rnn(embedded, state)  # (B, 1, H)
+            attentional, weights = self._attentional(rnn_output, memory)
+        new_feed = attentional.squeeze(1) if self.input_feeding else None  # (B, H)
+        return attentional, weights, rnn_output, state, new_feed
+
+    def forward(
+        self, input_ids: torch.LongTensor, memory: Memory, state: tuple, input_feed: torch.Tensor | None = None
+    ) -> DecoderOutput:
+        """Teacher-forced decoding of `input_ids` `(B, T)` from `state`; the fast path when it applies."""
+        embedded = self.embed(input_ids)  # (B, T, E)
+        if self.fast_path and self.can_run_parallel:
+            rnn_outputs, state = self._rnn(embedded, state)  # (B, T, H): one cuDNN/MKL call for all steps
+            attentional, weights = self._attentional(rnn_outputs, memory)  # one batched attention
+            return DecoderOutput(attentional, weights, rnn_outputs, state, None)
+
+        steps = []  # one tuple per step: (attentional, weights, rnn_output, state, input_feed)
+        for t in range(embedded.shape[1]):
+            steps.append(self.step(embedded[:, t : t + 1], memory, state, input_feed))
+            state, input_feed = steps[-1][3], steps[-1][4]
+        attentional = torch.cat([s[0] for s in steps], dim=1)  # (B, T, H)
+        weights = torch.cat([s[1] for s in steps], dim=1) if self.has_attention else None  # (B, T, S)
+        rnn_outputs = torch.cat([s[2] for s in steps], dim=1)  # (B, T, H)
+        return DecoderOutput(attentional, weights, rnn_outputs, state, input_feed)
+
+
+# ──────────────────────────────────────────────── Cache ────────────────────────────────────────────────
+
+
+class RNNAttentionCache:
+    """Incremental-decoding state for generate(): the decoder RNN state and input feed, which every step
+    changes, and the memory (encoder outputs, projected keys, padding bias), computed once per sentence.
+
+    Beam search only moves hypotheses between the beams of one sentence, and every beam of a sentence holds
+    the same memory, so `reorder_cache` reorders the state and input feed and leaves the memory in place.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, memory: Memory, state: tuple[torch.Tensor, ...], input_feed: torch.Tensor | None = None):
+        self.memory = memory
+        self.state = state  # (h,) or (h, c), each (L, B, H)
+        self.input_feed = input_feed  # (B, H) or None
+        self.seq_length = 0  # decoder tokens consumed so far
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seq_length
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """In place: row i of the new state is row `beam_idx[i]` of the old one (within one sentence's beams)."""
+        self.state = tuple(s.index_select(1, beam_idx.to(s.device)) for s in self.state)
+        if self.input_feed is not None:
+            self.input_feed = self.input_feed.index_select(0, beam_idx.to(self.input_feed.device))
+
+    def __repr__(self) -> str:
+        batch, source_len = self.memory.values.shape[:2]
+        return f"RNNAttentionCache(batch={batch}, source_len={source_len}, seq_length={self.seq_length})"
+
+
+# ──────────────────────────────────────────────── Models ───────────────────────────────────────────────
+
+
+class RNNAttentionPreTrainedModel(PreTrainedModel):
+    config_class = RNNAttentionConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["RNNAttentionEncoder", "RNNAttentionDecoder"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Uniform(-init_std, init_std) for every weight (Sutskever et al. 2014; Joey NMT's default), zero
+        biases, zero padding embedding, LSTM forget-gate biases 1 (Jozefowicz et al. 2015)."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            init.uniform_(module.weight, -std, std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.uniform_(module.weight, -std, std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, (nn.LSTM, nn.GRU)):
+            for name, param in module.named_parameters():
+                if name.startswith("weight"):
+                    init.uniform_(param, -std, std)
+                elif name.startswith("bias"):
+                    already_loaded = getattr(param, "_is_hf_initialized", False)
+                    init.zeros_(param)
+                    if isinstance(module, nn.LSTM) and name.startswith("bias_ih") and not already_loaded:
+                        with torch.no_grad():  # gates are ordered input, forget, cell, output
+                            param[module.hidden_size : 2 * module.hidden_size].fill_(1.0)
+
+
+class RNNAttentionModel(RNNAttentionPreTrainedModel):
+    """Encoder, bridge and attention decoder; returns the attentional vectors as `last_hidden_state`."""
+
+    # One vocabulary, one embedding table: the encoder and the decoder always read `shared`.
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.encoder = RNNAttentionEncoder(config, self.shared)
+        self.bridge = Bridge(config)
+        self.decoder = RNNAttentionDecoder(config, self.shared)
+        self.post_init()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        # transformers 5 ties nothing when tie_word_embeddings=False; here that flag only unties the output
+        # layer, and the encoder and decoder still share the one embedding table.
+        keys = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        if not all_submodels:
+            keys.update(self._tied_weights_keys)
+        return keys
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def start_decoding(
+        self, encoder_outputs: RNNAttentionEncoderOutput, attention_mask: torch.Tensor | None
+    ) -> RNNAttentionCache:
+        """Everything computed once per source sentence: memory (keys, padding bias), bridge state, input feed."""
+        values = encoder_outputs.last_hidden_state  # (B, S, M)
+        if attention_mask is None:
+            mask = torch.ones(values.shape[:2], dtype=torch.bool, device=values.device)
+        else:
+            mask = attention_mask.to(values.device).bool()  # (B, S)
+        if self.decoder.has_attention:
+            memory = self.decoder.attention.memory(values, mask)
+        else:
+            memory = Memory(values, values, values.new_zeros(values.shape[0], 1, values.shape[1]))
+        state = self.bridge(encoder_outputs, mask)  # (L, B, H) each
+        input_feed = (
+            values.new_zeros(values.shape[0], self.config.decoder_hidden_size) if self.config.input_feeding else None
+        )
+        return RNNAttentionCache(memory, state, input_feed)
+
+    def encode(self, input_ids, attention_mask, encoder_outputs, output_hidden_states=None):
+        """Run the encoder unless `encoder_outputs` were given (generate() passes them; a tuple is accepted)."""
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("Pass `input_ids` (or precomputed `encoder_outputs`).")
+            return self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        if not isinstance(encoder_outputs, RNNAttentionEncoderOutput):
+            if isinstance(encoder_outputs, ModelOutput):
+                encoder_outputs = RNNAttentionEncoderOutput(**encoder_outputs)
+            else:
+                encoder_outputs = RNNAttentionEncoderOutput(*encoder_outputs)
+        return encoder_outputs
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        encoder_outputs: RNNAttentionEncoderOutput | tuple | None = None,
+        past_key_values: RNNAttentionCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | tuple:
+        """
+        Args:
+            input_ids (`(B, S)`), attention_mask (`(B, S)`): the right-padded source.
+            decoder_input_ids (`(B, T)`): decoder inputs, starting with `decoder_start_token_id`; with
+                `past_key_values`, only the new tokens.
+            past_key_values ([`RNNAttentionCache`]): the state after the tokens already decoded; updated in place.
+        Returns:
+            `Seq2SeqModelOutput` with `last_hidden_state` `(B, T, H)` (the attentional vectors),
+            `cross_attentions` = `((B, T, S),)` when `output_attentions`, and the cache when `use_cache`.
+        """
+        if decoder_input_ids is None:
+            raise ValueError("Pass `decoder_input_ids` (or `labels` to the ForConditionalGeneration model).")
+        if attention_mask is None and input_ids is not None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        encoder_outputs = self.encode(input_ids, attention_mask, encoder_outputs, output_hidden_states)
+        cache = past_key_values if past_key_values is not None else self.start_decoding(encoder_outputs, attention_mask)
+
+        decoded = self.decoder(decoder_input_ids, cache.memory, cache.state, cache.input_feed)
+        if use_cache:
+            cache.state, cache.input_feed = decoded.state, decoded.input_feed
+            cache.seq_length += decoder_input_ids.shape[1]
+
+        result = Seq2SeqModelOutput(
+            last_hidden_state=decoded.attentional,
+            past_key_values=cache if use_cache else None,
+            decoder_hidden_states=(decoded.rnn_outputs,) if output_hidden_states else None,
+            cross_attentions=(decoded.attentions,) if output_attentions and decoded.attentions is not None else None,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+
+class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, GenerationMixin):
+    """[`RNNAttentionModel`] with the output layer, the loss, teacher forcing / scheduled sampling and generate().
+
+    Output layer: logits = W_o · dropout(h̃_t) + b. With `tie_word_embeddings`, W_o is the shared embedding and
+    h̃_t is first projected from the decoder size H to the embedding size E (Press & Wolf 2017).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+    _is_stateful = True  # the cache is an RNN state: no assisted decoding, no cache cropping
+    accepts_loss_kwargs = False  # the loss is a mean over real target tokens; no `num_items_in_batch`
+
+    def __init__(self, config: RNNAttentionConfig):
+        super().__init__(config)
+        self.model = RNNAttentionModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        tied_projection = config.tie_word_embeddings and config.decoder_hidden_size != config.embedding_size
+        self.output_projection = (
+            nn.Linear(config.decoder_hidden_size, config.embedding_size, bias=False) if tied_projection else None
+        )
+        lm_input = config.embedding_size if config.tie_word_embeddings else config.decoder_hidden_size
+        self.lm_head = nn.Linear(lm_input, config.vocab_size)
+        # Scheduled sampling: a plain attribute so that a callback can anneal it during training.
+        self.teacher_forcing_ratio = config.teacher_forcing_ratio
+        self.post_init()
+        if self.generation_config is not None:  # generate()'s default length; a saved generation_config overrides it
+            self.generation_config.max_new_tokens = 128
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not build a DynamicCache: the model returns its own RNNAttentionCache
+
+    def get_encoder(self, *args, **kwargs):
+        return self.model.encoder
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def compute_logits(self, attentional: torch.Tensor) -> torch.Tensor:
+        """The output layer: `(…, H)` attentional vectors → `(…, V)` logits."""
+        hidden = self.dropout(attentional)
+        if self.output_projection is not None:
+            hidden = self.output_projection(hidden)  # (…, E)
+        return self.lm_head(hidden)  # (…, V)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        encoder_outputs: RNNAttentionEncoderOutput | tuple | None = None,
+        past_key_values: RNNAttentionCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        """
+        Args:
+            labels (`(B, T)`): target ids; -100 marks positions the loss ignores. Without `decoder_input_ids`
+                the decoder reads the labels shifted right behind `decoder_start_token_id` (teacher forcing).
+        Returns:
+            `Seq2SeqLMOutput`: `loss` (mean cross-entropy over non-ignored positions), `logits` `(B, T, V)`,
+            `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
+        """
+        if labels is not None:
+            _check_token_ids("labels", labels.masked_fill(labels == -100, 0), self.config.vocab_size)
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        if decoder_input_ids is None:
+            raise ValueError("Pass `labels` or `decoder_input_ids`.")
+        if past_key_values is None or decoder_input_ids.shape[1] > 1:
+            _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+        if use_cache is None:
+            use_cache = self.config.use_cache and labels is None and not self.training
+
+        if self.training and self.teacher_forcing_ratio < 1.0 and decoder_input_ids.shape[1] > 1:
+            outputs = self._scheduled_sampling(input_ids, attention_mask, decoder_input_ids, encoder_outputs)
+            logits = outputs.pop("logits")
+        else:
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                encoder_outputs=encoder_outputs,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+            logits = self.compute_logits(outputs.last_hidden_state)  # (B, T, V)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"`labels` {tuple(labels.shape)} do not match the decoder inputs {tuple(logits.shape[:2])}."
+                )
+            labels = labels.to(logits.device)
+            flat_logits = logits.reshape(-1, logits.shape[-1])
+            flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))  # fp16/bf16 → fp32
+            token_losses = F.cross_entropy(flat_logits, labels.reshape(-1), ignore_index=-100, reduction="sum")
+            loss = token_losses / labels.ne(-100).sum().clamp(min=1)  # mean over real tokens; 0 if there are none
+
+        result = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.get("past_key_values"),
+            decoder_hidden_states=outputs.get("decoder_hidden_states"),
+            cross_attentions=outputs.get("cross_attentions") if output_attentions else None,
+            encoder_last_hidden_state=outputs.get("encoder_last_hidden_state"),
+            encoder_hidden_states=outputs.get("encoder_hidden_states"),
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+    def _scheduled_sampling(self, input_ids, attention_mask, decoder_input_ids, encoder_outputs) -> dict:
+        """Scheduled sampling (Bengio et al. 2015): step t reads the gold token y_{t-1} with probability
+        `teacher_forcing_ratio`, else the model's own previous prediction argmax p(y_{t-1} | …), drawn per
+        sequence per step. The first step always reads the start token."""
+        if attention_mask is None and input_ids is not None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        encoder_outputs = self.model.encode(input_ids, attention_mask, encoder_outputs)
+        cache = self.model.start_decoding(encoder_outputs, attention_mask)
+        decoder = self.model.decoder
+        state, input_feed = cache.state, cache.input_feed
+        batch_size, target_len = decoder_input_ids.shape
+        use_gold = torch.rand(batch_size, target_len, device=decoder_input_ids.device) < self.teacher_forcing_ratio
+
+        logits, attentions = [], []
+        tokens = decoder_input_ids[:, :1]  # (B, 1) the start token
+        for t in range(target_len):
+            if t > 0:
+                predicted = logits[-1].detach().argmax(dim=-1)  # (B, 1) the model's own previous prediction
+                tokens = torch.where(use_gold[:, t : t + 1], decoder_input_ids[:, t : t + 1], predicted)
+            attentional, weights, _, state, input_feed = decoder.step(
+                decoder.embed(tokens), cache.memory, state, input_feed
+            )
+            logits.append(self.compute_logits(attentional))  # (B, 1, V)
+            attentions.append(weights)
+        cross = (torch.cat(attentions, dim=1),) if decoder.has_attention else None
+        return {
+            "logits": torch.cat(logits, dim=1),  # (B, T, V)
+            "cross_attentions": cross,
+            "encoder_last_hidden_state": encoder_outputs.last_hidden_state,
+        }
+
+
+__all__ = [
+    "RNNAttentionCache",
+    "RNNAttentionEncoder",
+    "RNNAttentionDecoder",
+    "RNNAttentionForConditionalGeneration",
+    "RNNAttentionModel",
+    "RNNAttentionPreTrainedModel",
+    "shift_tokens_right",
+]

@@ -1,0 +1,147 @@
+"""generate(): cached decoding equals full recomputation for every decoding mode, and the options work."""
+
+import pytest
+import torch
+from conftest import DECODER_VARIANTS, random_batch, tiny_model
+
+from hf_rnn_attention import RNNAttentionCache
+
+MODES = {
+    "greedy": dict(),
+    "beam": dict(num_beams=4, num_return_sequences=2),
+    "sample": dict(do_sample=True, top_k=10, top_p=0.9, temperature=1.3, num_return_sequences=2),
+}
+
+
+def generate(model, mode, use_cache, **extra):
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    torch.manual_seed(123)  # sampling draws the same numbers in both runs
+    return model.generate(
+        input_ids,
+        attention_mask=mask,
+        max_new_tokens=12,
+        use_cache=use_cache,
+        return_dict_in_generate=True,
+        output_scores=True,
+        **MODES[mode],
+        **extra,
+    )
+
+
+def noisy_model(**kwargs):
+    """A tiny random model whose outputs vary enough that beams really reorder; EOS kept unlikely so
+    hypotheses run long enough to test the cache."""
+    model = tiny_model(seed=7, init_std=0.5, **kwargs)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = -3.0
+    return model
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+def test_cached_generate_equals_full_recomputation(mode, variant):
+    model = noisy_model(attention_type=variant[0], decoder_style=variant[1], input_feeding=variant[2])
+    cached = generate(model, mode, use_cache=True)
+    full = generate(model, mode, use_cache=False)
+    assert cached.sequences.tolist() == full.sequences.tolist()
+    for a, b in zip(cached.scores, full.scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_beam_cache_test_fails_when_reorder_cache_does_nothing(monkeypatch):
+    """The equality above depends on reorder_cache: with a no-op reorder, beam search goes wrong."""
+    model = noisy_model(attention_type="general", input_feeding=True)
+    full = generate(model, "beam", use_cache=False)
+    monkeypatch.setattr(RNNAttentionCache, "reorder_cache", lambda self, beam_idx: None)
+    broken = generate(model, "beam", use_cache=True)
+    assert broken.sequences.tolist() != full.sequences.tolist()
+
+
+def test_cache_memory_is_computed_once_and_travels_in_the_cache():
+    model = noisy_model(attention_type="additive", decoder_style="bahdanau")
+    calls = []
+    score = model.model.decoder.attention.score
+    original = score.project_keys
+    score.project_keys = lambda memory: calls.append(memory.shape) or original(memory)
+    encoder_calls = []
+    model.model.encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
+    out = generate(model, "beam", use_cache=True)
+    assert len(calls) == 1 and len(encoder_calls) == 1
+    assert out.sequences.shape[1] > 5  # many steps ran on the one projection
+    assert isinstance(out.past_key_values, RNNAttentionCache)
+    assert out.past_key_values.get_seq_length() == out.sequences.shape[1] - 1
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beam"])
+def test_generate_returns_cross_attentions(mode):
+    model = noisy_model(attention_type="general")
+    out = generate(model, mode, use_cache=True, output_attentions=True)
+    rows = 3 * (4 if mode == "beam" else 1)
+    assert len(out.cross_attentions) == len(out.scores)
+    for step in out.cross_attentions:
+        (weights,) = step
+        assert weights.shape == (rows, 1, 7)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(rows, 1))
+    # the second sentence has 4 real source tokens: no attention on its padding
+    second = torch.cat([step[0] for step in out.cross_attentions], dim=1).view(3, -1, len(out.scores), 7)[1]
+    assert second[..., 4:].abs().max() == 0
+
+
+def test_beam_transition_scores_reconstruct_sequence_scores():
+    model = noisy_model(attention_type="additive")
+    out = generate(model, "beam", use_cache=True, length_penalty=1.0)
+    transition = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices, normalize_logits=False)
+    lengths = (out.beam_indices >= 0).sum(dim=1)
+    reconstructed = transition.sum(dim=1) / lengths
+    torch.testing.assert_close(reconstructed, out.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_equals_argmax_of_teacher_forced_logits():
+    """Greedy decoding reproduces the model's own argmax under teacher forcing on its output (a reference)."""
+    model = noisy_model(attention_type="general", input_feeding=True)
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    out = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10)
+    logits = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=out[:, :-1]).logits
+    logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens suppresses EOS
+    assert logits.argmax(-1).tolist() == out[:, 1:].tolist()
+
+
+def test_length_and_repetition_options():
+    model = noisy_model(attention_type="general")
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = 5.0  # EOS is now the favourite
+    short = model.generate(input_ids, attention_mask=mask, max_new_tokens=10)
+    assert short.shape[1] == 2  # start token + EOS
+    forced = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=6)
+    assert forced.shape[1] >= 8 and not (forced[:, 1:7] == model.config.eos_token_id).any()
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = -10.0
+    capped = model.generate(input_ids, attention_mask=mask, max_new_tokens=9)
+    assert capped.shape[1] == 10
+    no_repeat = model.generate(input_ids, attention_mask=mask, max_new_tokens=20, no_repeat_ngram_size=2)
+    for row in no_repeat.tolist():
+        bigrams = list(zip(row, row[1:], strict=False))
+        assert len(bigrams) == len(set(bigrams))
+    plain = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)
+    penalised = model.generate(input_ids, attention_mask=mask, max_new_tokens=20, repetition_penalty=5.0)
+    distinct = lambda seqs: sum(len(set(row)) for row in seqs.tolist())  # noqa: E731
+    assert distinct(penalised) > distinct(plain)
+
+
+def test_seeded_sampling_is_reproducible_and_varies_with_the_seed():
+    model = noisy_model(attention_type="general")
+    a = generate(model, "sample", use_cache=True).sequences
+    b = generate(model, "sample", use_cache=True).sequences
+    assert a.tolist() == b.tolist()
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    torch.manual_seed(999)
+    c = model.generate(input_ids, attention_mask=mask, max_new_tokens=12, **MODES["sample"])
+    assert c.tolist() != a.tolist()
+
+
+def test_default_generation_length_lives_in_generation_config():
+    model = tiny_model()
+    assert model.generation_config.max_new_tokens == 128
+    assert model.generation_config.decoder_start_token_id == 1
+    assert model.generation_config.eos_token_id == 2

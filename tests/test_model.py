@@ -1,0 +1,246 @@
+"""Behaviour of the model against references: padding invariance, fast path = step path, masking,
+loss, scheduled sampling, gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DECODER_VARIANTS, random_batch, tiny_config, tiny_model
+
+from hf_rnn_attention import RNNAttentionForConditionalGeneration
+from hf_rnn_attention.modeling_rnn_attention import shift_tokens_right
+
+
+def variant_kwargs(attention_type, decoder_style, input_feeding, **extra):
+    return dict(attention_type=attention_type, decoder_style=decoder_style, input_feeding=input_feeding, **extra)
+
+
+def test_shift_tokens_right_builds_teacher_forcing_inputs():
+    labels = torch.tensor([[5, 6, 2, -100], [7, 2, -100, -100]])
+    assert shift_tokens_right(labels, pad_token_id=0, decoder_start_token_id=1).tolist() == [
+        [1, 5, 6, 2],
+        [1, 7, 2, 0],
+    ]
+
+
+def test_loss_is_mean_cross_entropy_over_non_ignored_labels():
+    model = tiny_model()
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 5))
+    labels[0, 3:] = -100
+    labels[2, 1:] = -100
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+    keep = labels.ne(-100)
+    expected = F.cross_entropy(out.logits[keep], labels[keep])
+    torch.testing.assert_close(out.loss, expected)
+    # the decoder inputs were the labels shifted right
+    again = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=shift_tokens_right(labels, 0, 1))
+    torch.testing.assert_close(again.logits, out.logits)
+
+
+def test_loss_with_every_label_ignored_is_zero_not_nan():
+    model = tiny_model()
+    input_ids, mask = random_batch()
+    labels = torch.full((4, 3), -100)
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+    assert out.loss.item() == 0.0
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+def test_padding_invariance(variant):
+    """A sentence alone and inside a batch of longer, padded sentences gives the same outputs."""
+    model = tiny_model(**variant_kwargs(*variant))
+    input_ids, mask = random_batch(batch=4, source_len=9, lengths=[4, 9, 6, 8], seed=3)
+    target = torch.randint(3, 40, (4, 6), generator=torch.Generator().manual_seed(4))
+
+    batched = model(input_ids=input_ids, attention_mask=mask, labels=target, output_attentions=True)
+    alone = model(input_ids=input_ids[:1, :4], attention_mask=mask[:1, :4], labels=target[:1], output_attentions=True)
+    torch.testing.assert_close(
+        batched.encoder_last_hidden_state[0, :4], alone.encoder_last_hidden_state[0], atol=1e-5, rtol=1e-5
+    )
+    assert batched.encoder_last_hidden_state[0, 4:].abs().max() == 0  # padding outputs are zero
+    torch.testing.assert_close(batched.logits[0], alone.logits[0], atol=1e-5, rtol=1e-5)
+    if variant[0] != "none":
+        torch.testing.assert_close(
+            batched.cross_attentions[0][0, :, :4], alone.cross_attentions[0][0], atol=1e-5, rtol=1e-5
+        )
+
+    generated_batch = model.generate(input_ids, attention_mask=mask, max_new_tokens=8, num_beams=3)
+    generated_alone = model.generate(input_ids[:1, :4], attention_mask=mask[:1, :4], max_new_tokens=8, num_beams=3)
+    length = generated_alone.shape[1]
+    assert generated_batch[0, :length].tolist() == generated_alone[0].tolist()
+
+
+def test_extra_padding_columns_change_nothing():
+    model = tiny_model()
+    input_ids, mask = random_batch(batch=3, source_len=6, lengths=[6, 5, 3])
+    padded_ids = F.pad(input_ids, (0, 4))
+    padded_mask = F.pad(mask, (0, 4))
+    labels = torch.randint(3, 40, (3, 5))
+    a = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+    b = model(input_ids=padded_ids, attention_mask=padded_mask, labels=labels)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "variant", [v for v in DECODER_VARIANTS if v[2] is False and (v[1] == "luong" or v[0] == "none")]
+)
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_fast_path_equals_step_path(variant, rnn_type):
+    """The one-call parallel decoder gives the same logits and gradients as the step-by-step loop."""
+    config = tiny_config(rnn_type=rnn_type, **variant_kwargs(*variant))
+    torch.manual_seed(0)
+    model = RNNAttentionForConditionalGeneration(config).train()  # dropout is 0: train mode is deterministic
+    assert model.model.decoder.can_run_parallel
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 3, 5])
+    labels = torch.randint(3, 40, (3, 6))
+    labels[1, 4:] = -100
+
+    def run(fast):
+        model.zero_grad()
+        model.model.decoder.fast_path = fast
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast_logits, fast_grads = run(True)
+    step_logits, step_grads = run(False)
+    torch.testing.assert_close(fast_logits, step_logits, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == step_grads.keys()
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], step_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("variant", [v for v in DECODER_VARIANTS if v[0] != "none"])
+def test_masked_positions_get_exactly_zero_attention(variant):
+    model = tiny_model(**variant_kwargs(*variant))
+    input_ids, mask = random_batch(batch=3, source_len=8, lengths=[8, 2, 5])
+    out = model(input_ids=input_ids, attention_mask=mask, labels=torch.randint(3, 40, (3, 4)), output_attentions=True)
+    weights = out.cross_attentions[0]  # (B, T, S)
+    assert weights.shape == (3, 4, 8)
+    assert torch.all(weights.masked_select(mask[:, None, :].expand_as(weights) == 0) == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4))
+
+
+def test_source_with_no_valid_position_gives_finite_outputs():
+    model = tiny_model(attention_type="additive", decoder_style="bahdanau")
+    input_ids, mask = random_batch(batch=2, source_len=5, lengths=[5, 2])
+    input_ids[1] = 0
+    mask[1] = 0
+    out = model(input_ids=input_ids, attention_mask=mask, labels=torch.randint(3, 40, (2, 4)), output_attentions=True)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    assert torch.isfinite(out.cross_attentions[0]).all()
+    assert torch.isfinite(
+        model.generate(
+            input_ids, attention_mask=mask, max_new_tokens=4, output_scores=True, return_dict_in_generate=True
+        ).scores[0]
+    ).all()
+
+
+def test_scheduled_sampling_ratio_zero_feeds_own_argmax_predictions():
+    """With ratio 0 every step reads the model's previous argmax: re-running teacher-forced on those
+    predictions reproduces the same logits."""
+    model = tiny_model(attention_type="general", input_feeding=True)
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 6))
+    model.train()
+    model.teacher_forcing_ratio = 0.0
+    free_running = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits
+    predictions = free_running.argmax(-1)
+    model.eval()
+    forced = model(
+        input_ids=input_ids, attention_mask=mask, decoder_input_ids=shift_tokens_right(predictions, 0, 1)
+    ).logits
+    torch.testing.assert_close(free_running, forced, atol=1e-5, rtol=1e-5)
+    gold = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits
+    assert not torch.allclose(free_running[:, 1:], gold[:, 1:], atol=1e-3)
+
+
+def test_scheduled_sampling_ratio_one_and_eval_mode_are_teacher_forcing():
+    model = tiny_model(attention_type="additive", decoder_style="bahdanau")
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 6))
+    reference = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits  # eval, ratio 1
+    model.teacher_forcing_ratio = 0.0
+    torch.testing.assert_close(model(input_ids=input_ids, attention_mask=mask, labels=labels).logits, reference)  # eval
+    model.train()
+    model.teacher_forcing_ratio = 1.0
+    torch.testing.assert_close(model(input_ids=input_ids, attention_mask=mask, labels=labels).logits, reference)
+
+
+def test_scheduled_sampling_mixes_gold_and_predicted_tokens_per_sequence_and_step():
+    model = tiny_model(attention_type="general")
+    input_ids, mask = random_batch(batch=8)
+    labels = torch.randint(3, 40, (8, 10))
+    gold = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits
+    model.train()
+    model.teacher_forcing_ratio = 0.5
+    torch.manual_seed(0)
+    mixed = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits
+    # step 0 always reads the start token; later steps differ from teacher forcing in some rows but not all
+    torch.testing.assert_close(mixed[:, 0], gold[:, 0])
+    differs = (mixed - gold).abs().amax(-1) > 1e-6  # (B, T)
+    assert differs.any() and not differs[:, 1:].all()
+    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    assert model.model.encoder.rnn.weight_ih_l0.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+def test_gradcheck_float64(variant):
+    """Analytic gradients of the loss equal float64 central differences, for every entry of every parameter
+    (tied weights included: the shared embedding is read by encoder, decoder and output layer).
+    (torch.autograd.gradcheck through torch.func.functional_call does not see the tied output layer, so the
+    finite differences are taken in place.)"""
+    config = tiny_config(
+        vocab_size=9,
+        embedding_size=3,
+        encoder_hidden_size=2,
+        encoder_layers=1,
+        decoder_hidden_size=4,
+        decoder_layers=1,
+        **variant_kwargs(*variant),
+    )
+    torch.manual_seed(0)
+    model = RNNAttentionForConditionalGeneration(config).double().eval()
+    input_ids, mask = random_batch(batch=2, source_len=3, lengths=[3, 2], vocab_size=9)
+    inputs = dict(input_ids=input_ids, attention_mask=mask, labels=torch.tensor([[4, 5, 2], [6, 2, -100]]))
+    params = dict(model.named_parameters())
+    analytic = dict(zip(params, torch.autograd.grad(model(**inputs).loss, list(params.values())), strict=True))
+    eps = 1e-6
+    with torch.no_grad():
+        for name, param in params.items():
+            flat = param.view(-1)
+            numeric = torch.empty_like(flat)
+            for index in range(flat.numel()):
+                original = flat[index].item()
+                flat[index] = original + eps
+                up = model(**inputs).loss.item()
+                flat[index] = original - eps
+                down = model(**inputs).loss.item()
+                flat[index] = original
+                numeric[index] = (up - down) / (2 * eps)
+            torch.testing.assert_close(analytic[name].view(-1), numeric, atol=1e-7, rtol=1e-4, msg=name)
+
+
+def test_output_projection_and_tied_head_share_the_embedding():
+    model = tiny_model()  # decoder 16 != embedding 12: projection before the tied head
+    assert model.output_projection is not None
+    assert model.lm_head.weight is model.model.shared.weight
+    assert model.model.encoder.embed_tokens.weight is model.model.shared.weight
+    assert model.model.decoder.embed_tokens.weight is model.model.shared.weight
+    untied = tiny_model(tie_word_embeddings=False)
+    assert untied.output_projection is None and untied.lm_head.weight is not untied.model.shared.weight
+    assert untied.model.encoder.embed_tokens.weight is untied.model.shared.weight
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    input_ids, mask = random_batch()
+    with pytest.raises(ValueError, match="right-padded"):
+        model(input_ids=input_ids, attention_mask=mask.flip(1), labels=torch.randint(3, 40, (4, 3)))
+    with pytest.raises(ValueError, match="outside"):
+        model(input_ids=input_ids + 100, attention_mask=mask, labels=torch.randint(3, 40, (4, 3)))
+    with pytest.raises(ValueError, match="labels"):
+        model(input_ids=input_ids, attention_mask=mask, labels=torch.full((4, 3), 99))
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        model(input_ids=input_ids, attention_mask=mask)
