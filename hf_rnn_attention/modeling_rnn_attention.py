@@ -565,8 +565,12 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             raise ValueError("Pass `decoder_input_ids` (or `labels` to the ForConditionalGeneration model).")
         if attention_mask is None and input_ids is not None:
             attention_mask = input_ids.ne(self.config.pad_token_id)
-        encoder_outputs = self.encode(input_ids, attention_mask, encoder_outputs, output_hidden_states)
-        cache = past_key_values if past_key_values is not None else self.start_decoding(encoder_outputs, attention_mask)
+        if past_key_values is None:
+            encoder_outputs = self.encode(input_ids, attention_mask, encoder_outputs, output_hidden_states)
+            cache = self.start_decoding(encoder_outputs, attention_mask)
+        else:  # the memory travels in the cache: never re-run the encoder for a step
+            cache = past_key_values
+            encoder_outputs = self.encode(None, None, encoder_outputs) if encoder_outputs is not None else None
 
         decoded = self.decoder(decoder_input_ids, cache.memory, cache.state, cache.input_feed)
         if use_cache:
@@ -578,8 +582,8 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             past_key_values=cache if use_cache else None,
             decoder_hidden_states=(decoded.rnn_outputs,) if output_hidden_states else None,
             cross_attentions=(decoded.attentions,) if output_attentions and decoded.attentions is not None else None,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            encoder_last_hidden_state=cache.memory.values,
+            encoder_hidden_states=encoder_outputs.hidden_states if output_hidden_states and encoder_outputs else None,
         )
         return result if return_dict is not False else result.to_tuple()
 

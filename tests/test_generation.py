@@ -145,3 +145,27 @@ def test_default_generation_length_lives_in_generation_config():
     assert model.generation_config.max_new_tokens == 128
     assert model.generation_config.decoder_start_token_id == 1
     assert model.generation_config.eos_token_id == 2
+
+
+def test_manual_incremental_decoding_with_the_cache_matches_full_forward():
+    """Stepping forward() with the returned cache (no encoder_outputs) equals one teacher-forced pass,
+    and the encoder runs only once."""
+    model = noisy_model(attention_type="general", input_feeding=True)
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    decoder_input_ids = torch.randint(3, 40, (3, 6), generator=torch.Generator().manual_seed(3))
+    full = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    encoder_calls = []
+    model.model.encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
+    cache, steps = None, []
+    for t in range(6):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            decoder_input_ids=decoder_input_ids[:, t : t + 1],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert len(encoder_calls) == 1 and cache.get_seq_length() == 6
