@@ -612,8 +612,11 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         # Scheduled sampling: a plain attribute so that a callback can anneal it during training.
         self.teacher_forcing_ratio = config.teacher_forcing_ratio
         self.post_init()
-        if self.generation_config is not None:  # generate()'s default length; a saved generation_config overrides it
-            self.generation_config.max_new_tokens = 128
+        if self.generation_config is not None:
+            # generate()'s default length (decoder start token included), in generation_config where a saved
+            # generation_config.json overrides it. A length, not max_new_tokens: then a caller's max_length and
+            # max_new_tokens both take effect (a default max_new_tokens would silently win over a caller's max_length).
+            self.generation_config.max_length = 128
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

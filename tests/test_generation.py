@@ -142,7 +142,13 @@ def test_seeded_sampling_is_reproducible_and_varies_with_the_seed():
 
 def test_default_generation_length_lives_in_generation_config():
     model = tiny_model()
-    assert model.generation_config.max_new_tokens == 128
+    assert model.generation_config.max_length == 128
+    input_ids, mask = random_batch(batch=2, source_len=5, lengths=[5, 3], seed=5)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = -10.0  # never stop early
+    assert model.generate(input_ids, attention_mask=mask).shape[1] == 128
+    assert model.generate(input_ids, attention_mask=mask, max_length=6).shape[1] == 6  # a caller's length wins
+    assert model.generate(input_ids, attention_mask=mask, max_new_tokens=3).shape[1] == 4
     assert model.generation_config.decoder_start_token_id == 1
     assert model.generation_config.eos_token_id == 2
 

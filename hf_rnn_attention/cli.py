@@ -1,0 +1,325 @@
+"""The `hf-rnn-attention` command line: train, evaluate, translate, plot, demo.
+
+    hf-rnn-attention demo                                  # date normalisation, trained on CPU in minutes
+    hf-rnn-attention train --config configs/date.yaml --set training.num_train_epochs=3
+    hf-rnn-attention evaluate runs/date --config configs/date.yaml --num-beams 1 5
+    echo "September 27, 1994" | hf-rnn-attention translate runs/date
+    hf-rnn-attention plot runs/date "27 Sep 1994" --output attention.png
+
+A recipe (YAML) has the sections `model` (a preset from configs/ plus any RNNAttentionConfig field),
+`data` (see hf_rnn_attention.data.load_data), `tokenizer` (see hf_rnn_attention.tokenization),
+`training` (Seq2SeqTrainingArguments), and optionally `scheduled_sampling`, `early_stopping_patience`,
+`max_source_length`, `max_target_length`, `evaluate` (`num_beams`: list), `seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+RECIPE_KEYS = {
+    "model", "data", "tokenizer", "training", "scheduled_sampling", "early_stopping_patience",
+    "max_source_length", "max_target_length", "evaluate", "seed", "examples",
+}  # fmt: skip
+
+
+def resolve_config_path(name: str | Path, suffixes=(".yaml", ".yml", ".json")) -> Path:
+    """A path as given, or a name in the repository's configs/ folder (`luong` → configs/luong.json)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for suffix in ("", *suffixes):
+        candidate = REPO_CONFIGS / f"{name}{suffix}"
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"No config file {str(name)!r} (looked as a path and in {REPO_CONFIGS}).")
+
+
+def load_recipe(path: str | Path) -> dict:
+    recipe = yaml.safe_load(resolve_config_path(path).read_text()) or {}
+    unknown = set(recipe) - RECIPE_KEYS
+    if unknown:
+        raise ValueError(f"Unknown recipe section(s) {sorted(unknown)} in {path}; allowed: {sorted(RECIPE_KEYS)}.")
+    return recipe
+
+
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """`section.key=value` strings (value parsed as YAML) applied to a copy of the recipe."""
+    recipe = copy.deepcopy(recipe)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects section.key=value, got {item!r}.")
+        dotted, value = item.split("=", 1)
+        keys = dotted.split(".")
+        if keys[0] not in RECIPE_KEYS:
+            raise ValueError(f"--set {item!r}: unknown section {keys[0]!r}; allowed: {sorted(RECIPE_KEYS)}.")
+        node = recipe
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(value)
+    return recipe
+
+
+def build_model_config(model_section: dict, tokenizer):
+    from .configuration_rnn_attention import RNNAttentionConfig
+
+    section = dict(model_section or {})
+    preset = section.pop("preset", "luong")
+    settings = json.loads(resolve_config_path(preset, (".json",)).read_text())
+    settings.pop("model_type", None)
+    settings.update(section)
+    settings.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+    )
+    return RNNAttentionConfig(**settings)
+
+
+def _refuse_to_overwrite(output_dir: Path, overwrite: bool, resume) -> None:
+    if resume or overwrite or not output_dir.exists():
+        return
+    saved = [p.name for p in output_dir.iterdir() if p.name in ("config.json", "model.safetensors")]
+    saved += [p.name for p in output_dir.glob("checkpoint-*")]
+    if saved:
+        raise SystemExit(
+            f"{output_dir} already holds a trained model ({', '.join(sorted(saved)[:3])}…). Pass --overwrite to "
+            "replace it, --resume to continue its last checkpoint, or choose another --output-dir."
+        )
+
+
+def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | None = None, log=print) -> dict:
+    """Data → tokenizer → model → Seq2SeqTrainer → save → test-set evaluation. Returns the results dict."""
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        EarlyStoppingCallback,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        set_seed,
+    )
+
+    from .data import load_data
+    from .modeling_rnn_attention import RNNAttentionForConditionalGeneration
+    from .tokenization import save_tokenizer, train_tokenizer_from_dataset
+    from .training import (
+        ScheduledSamplingCallback,
+        TeacherForcingSchedule,
+        build_compute_metrics,
+        text_metrics,
+        tokenize_dataset,
+        translate,
+    )
+
+    seed = int(recipe.get("seed", 0))
+    set_seed(seed)
+    training_section = dict(recipe.get("training") or {})
+    output_dir = Path(training_section.setdefault("output_dir", "runs/model"))
+    _refuse_to_overwrite(output_dir, overwrite, resume)
+    training_section.setdefault("seed", seed)
+    training_section.setdefault("report_to", "none")
+
+    started = time.perf_counter()
+    data = load_data(recipe["data"], seed=seed)
+    log("data: " + ", ".join(f"{split} {len(rows):,}" for split, rows in data.items()))
+
+    tokenizer_section = dict(recipe.get("tokenizer") or {})
+    if "path" in tokenizer_section:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_section.pop("path"))
+    else:
+        tokenizer = train_tokenizer_from_dataset(data["train"], **tokenizer_section)
+    log(f"tokenizer: {len(tokenizer):,} pieces")
+
+    config = build_model_config(recipe.get("model"), tokenizer)
+    model = RNNAttentionForConditionalGeneration(config)
+    log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
+        f"({config.rnn_type}, attention={config.attention_type}, decoder_style={config.decoder_style})")  # fmt: skip
+
+    max_source = int(recipe.get("max_source_length", 128))
+    max_target = int(recipe.get("max_target_length", max_source))
+    tokenized = {split: tokenize_dataset(rows, tokenizer, max_source, max_target) for split, rows in data.items()}
+
+    args = Seq2SeqTrainingArguments(**training_section)
+    callbacks = []
+    if recipe.get("scheduled_sampling"):
+        callbacks.append(ScheduledSamplingCallback(TeacherForcingSchedule(**recipe["scheduled_sampling"])))
+    if recipe.get("early_stopping_patience"):
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(recipe["early_stopping_patience"])))
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("validation"),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        compute_metrics=build_compute_metrics(tokenizer),
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    training_seconds = time.perf_counter() - started
+    trainer.save_model(str(output_dir))
+    save_tokenizer(tokenizer, output_dir)
+
+    results = {
+        "output_dir": str(output_dir),
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "total_runtime_s": training_seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "test": {},
+    }
+    if "test" in data:
+        sources, references = data["test"]["source"], data["test"]["target"]
+        for beams in (recipe.get("evaluate") or {}).get("num_beams", [1]):
+            hypotheses = translate(trainer.model, tokenizer, sources, batch_size=args.per_device_eval_batch_size,
+                                   max_source_length=max_source, num_beams=int(beams))  # fmt: skip
+            results["test"][f"beam{beams}"] = text_metrics(hypotheses, references)
+            log(f"test, beam {beams}: " + ", ".join(f"{k} {v:.2f}" for k, v in results["test"][f"beam{beams}"].items()))
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+# ───────────────────────────────────────────────── commands ─────────────────────────────────────────────────
+
+
+def load_trained(model_dir):
+    from transformers import AutoTokenizer
+
+    from .modeling_rnn_attention import RNNAttentionForConditionalGeneration
+
+    model = RNNAttentionForConditionalGeneration.from_pretrained(model_dir).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def cmd_train(args) -> None:
+    recipe = apply_overrides(load_recipe(args.config), args.set)
+    if args.output_dir:
+        recipe.setdefault("training", {})["output_dir"] = args.output_dir
+    run_training(recipe, overwrite=args.overwrite, resume=args.resume)
+
+
+def cmd_evaluate(args) -> None:
+    from .data import load_data
+    from .training import text_metrics, translate
+
+    model, tokenizer = load_trained(args.model_dir)
+    if args.source:
+        sources = Path(args.source).read_text(encoding="utf-8").splitlines()
+        references = Path(args.reference).read_text(encoding="utf-8").splitlines()
+    else:
+        recipe = apply_overrides(load_recipe(args.config), args.set)
+        split = load_data(recipe["data"], seed=int(recipe.get("seed", 0)))[args.split]
+        sources, references = split["source"], split["target"]
+    results = {}
+    for beams in args.num_beams:
+        hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, num_beams=beams,
+                               max_new_tokens=args.max_new_tokens)  # fmt: skip
+        results[f"beam{beams}"] = text_metrics(hypotheses, references)
+    print(json.dumps(results, indent=2))
+
+
+def cmd_translate(args) -> None:
+    from .training import translate
+
+    model, tokenizer = load_trained(args.model_dir)
+    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    lines = [line.rstrip("\n") for line in stream]
+    for line in translate(model, tokenizer, lines, batch_size=args.batch_size, num_beams=args.num_beams,
+                          max_new_tokens=args.max_new_tokens):  # fmt: skip
+        print(line)
+
+
+def cmd_plot(args) -> None:
+    from .visualization import greedy_attention, plot_attention
+
+    model, tokenizer = load_trained(args.model_dir)
+    source, target, weights = greedy_attention(model, tokenizer, args.text)
+    plot_attention(source, target, weights, title=args.text, path=args.output)
+    print(f"{args.text} → {tokenizer.convert_tokens_to_string(target[:-1]).strip()}  (heatmap: {args.output})")
+
+
+def cmd_demo(args) -> None:
+    from .visualization import greedy_attention, plot_attention
+
+    recipe = apply_overrides(load_recipe("date"), args.set)
+    recipe.setdefault("training", {})["output_dir"] = args.output_dir
+    results = run_training(recipe, overwrite=args.overwrite)
+    model, tokenizer = load_trained(args.output_dir)
+    from .training import translate
+
+    examples = recipe.get("examples") or ["September 27, 1994"]
+    print("\nconversions:")
+    for text, output in zip(examples, translate(model, tokenizer, examples), strict=True):
+        print(f"  {text:32s} → {output}")
+    heatmap = Path(args.output_dir) / "attention.png"
+    source, target, weights = greedy_attention(model, tokenizer, examples[0])
+    plot_attention(source, target, weights, title=examples[0], path=heatmap)
+    accuracy = results["test"].get("beam1", {}).get("exact_match")
+    print(f"\nheld-out exact match (greedy): {accuracy:.2f}%   total time: {results['total_runtime_s']:.0f} s")
+    print(f"model and tokenizer: {args.output_dir}   attention heatmap: {heatmap}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-rnn-attention", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a recipe (YAML)")
+    train.add_argument("--config", required=True, help="recipe path or name in configs/ (e.g. date, multi30k_de_en)")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override the recipe")
+    train.add_argument("--output-dir", help="shortcut for --set training.output_dir=…")
+    train.add_argument("--overwrite", action="store_true", help="replace a model already in the output folder")
+    train.add_argument("--resume", nargs="?", const=True, default=None, help="continue from the last (or a) checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="sacreBLEU, chrF and exact match of a saved model")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--config", help="recipe whose data section gives the evaluation split")
+    evaluate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--source", help="a source file (one sentence a line) instead of --config")
+    evaluate.add_argument("--reference", help="the reference file for --source")
+    evaluate.add_argument("--num-beams", type=int, nargs="+", default=[1, 5])
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--max-new-tokens", type=int, default=128)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    translate = commands.add_parser("translate", help="translate a file or stdin to stdout with a saved model")
+    translate.add_argument("model_dir")
+    translate.add_argument("--input", help="input file (default: stdin)")
+    translate.add_argument("--num-beams", type=int, default=5)
+    translate.add_argument("--batch-size", type=int, default=64)
+    translate.add_argument("--max-new-tokens", type=int, default=128)
+    translate.set_defaults(func=cmd_translate)
+
+    plot = commands.add_parser("plot", help="attention heatmap of one sentence (greedy decoding)")
+    plot.add_argument("model_dir")
+    plot.add_argument("text")
+    plot.add_argument("--output", default="attention.png")
+    plot.set_defaults(func=cmd_plot)
+
+    demo = commands.add_parser("demo", help="train the built-in date-normalisation model and use it")
+    demo.add_argument("--output-dir", default="runs/date-demo")
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "evaluate" and not (args.config or (args.source and args.reference)):
+        raise SystemExit("evaluate needs --config (and --split) or both --source and --reference.")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Training the Hugging Face way: scheduled-sampling schedules and their TrainerCallback, metrics for
+`compute_metrics`, dataset tokenization, in-order batched translation, and the `Seq2SeqTrainer` set-up.
+
+Teacher forcing feeds the gold previous token to each decoder step; at test time the model reads its
+own predictions, a mismatch called exposure bias. Scheduled sampling (Bengio et al. 2015) anneals the
+probability of reading the gold token from 1 towards a floor during training; `ScheduledSamplingCallback`
+sets `model.teacher_forcing_ratio` from a `TeacherForcingSchedule` before every epoch or step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sacrebleu
+import torch
+from transformers import TrainerCallback
+
+SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
+UNITS = ("epoch", "step")
+
+
+# ─────────────────────────────────────────── Scheduled sampling ───────────────────────────────────────────
+
+
+@dataclass
+class TeacherForcingSchedule:
+    """The teacher forcing ratio ε_i after i epochs (or steps), as in Bengio et al. (2015), section 2.4.
+
+    - `constant`: ε_i = `ratio`.
+    - `linear`: ε_i = max(`floor`, 1 − `slope`·i); the lecture's default is max(0.1, 1.0 − 0.1·epoch).
+    - `exponential`: ε_i = max(`floor`, k^i) with k < 1.
+    - `inverse_sigmoid`: ε_i = max(`floor`, k / (k + exp(i / k))) with k ≥ 1.
+    """
+
+    kind: str = "linear"
+    unit: str = "epoch"
+    ratio: float = 1.0
+    slope: float = 0.1
+    floor: float = 0.1
+    k: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"scheduled sampling `kind` must be one of {list(SCHEDULES)}, got {self.kind!r}.")
+        if self.unit not in UNITS:
+            raise ValueError(f"scheduled sampling `unit` must be one of {list(UNITS)}, got {self.unit!r}.")
+        for name in ("ratio", "floor"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"scheduled sampling `{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        if self.slope < 0:
+            raise ValueError(f"scheduled sampling `slope` must be >= 0, got {self.slope!r}.")
+        if self.k is None:
+            self.k = {"exponential": 0.9, "inverse_sigmoid": 5.0}.get(self.kind)
+        if self.kind == "exponential" and not 0.0 < self.k < 1.0:
+            raise ValueError(f"exponential schedule needs 0 < k < 1, got k={self.k!r}.")
+        if self.kind == "inverse_sigmoid" and not self.k >= 1.0:
+            raise ValueError(f"inverse_sigmoid schedule needs k >= 1, got k={self.k!r}.")
+
+    def __call__(self, i: float) -> float:
+        if self.kind == "constant":
+            return self.ratio
+        if self.kind == "linear":
+            value = 1.0 - self.slope * i
+        elif self.kind == "exponential":
+            value = self.k**i
+        else:  # inverse sigmoid
+            value = self.k / (self.k + math.exp(min(i / self.k, 700.0)))
+        return max(self.floor, min(1.0, value))
+
+
+class ScheduledSamplingCallback(TrainerCallback):
+    """Sets `model.teacher_forcing_ratio` from the schedule at the start of every epoch (or step) and logs it.
+
+    The ratio is a function of the trainer state (epoch or global step), so `resume_from_checkpoint`
+    continues with the ratio the run had.
+    """
+
+    def __init__(self, schedule: TeacherForcingSchedule):
+        self.schedule = schedule
+        self.ratio = schedule(0)
+
+    def _update(self, state, model) -> None:
+        i = int(state.epoch or 0) if self.schedule.unit == "epoch" else state.global_step
+        self.ratio = self.schedule(i)
+        if model is not None:
+            model.teacher_forcing_ratio = self.ratio
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._update(state, model)
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        self._update(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.schedule.unit == "step":
+            self._update(state, model)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            logs["teacher_forcing_ratio"] = round(self.ratio, 6)
+
+    def describe(self) -> dict:
+        return asdict(self.schedule)
+
+
+# ─────────────────────────────────────────────── Metrics ────────────────────────────────────────────────
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """sacreBLEU (13a, cased, detokenized), lowercased BLEU, chrF and exact match (in %)."""
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    exact = 100.0 * sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True))
+    return {
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "bleu_lowercase": sacrebleu.corpus_bleu(predictions, [references], lowercase=True).score,
+        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        "exact_match": exact / max(1, len(predictions)),
+    }
+
+
+def build_compute_metrics(tokenizer) -> Callable:
+    """`compute_metrics` for `Seq2SeqTrainer(predict_with_generate=True)`: decodes predictions and labels
+    (the Trainer pads both with -100, which is replaced by the pad id before decoding)."""
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
+        decoded = tokenizer.batch_decode(predictions, skip_special_tokens=True)
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return text_metrics(decoded, references)
+
+    return compute_metrics
+
+
+# ──────────────────────────────────────────── Data preparation ────────────────────────────────────────────
+
+
+def tokenize_dataset(dataset, tokenizer, max_source_length: int = 128, max_target_length: int = 128):
+    """`datasets.map` the `source`/`target` columns to `input_ids`, `attention_mask`, `labels` and a `length`
+    column (source + target tokens) for length-grouped batches. Labels are not padded here: the collator
+    pads them with -100."""
+
+    def encode(batch):
+        encoded = tokenizer(batch["source"], text_target=batch["target"], truncation=True, max_length=max_source_length)
+        if max_target_length != max_source_length:
+            encoded["labels"] = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target_length)[
+                "input_ids"
+            ]
+        encoded["length"] = [len(s) + len(t) for s, t in zip(encoded["input_ids"], encoded["labels"], strict=True)]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=["source", "target"], desc="Tokenizing")
+
+
+@torch.inference_mode()
+def translate(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_source_length: int = 256, **generate_kwargs
+) -> list[str]:
+    """Generate for every text, in input order. Texts are sorted by length into batches (less padding),
+    then the outputs are put back in the original order."""
+    texts = list(texts)
+    if generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError("translate() returns one output per text: num_return_sequences must be 1.")
+    if "max_new_tokens" in generate_kwargs:  # as a length (decoder start token included), like generation_config's
+        generate_kwargs["max_length"] = generate_kwargs.pop("max_new_tokens") + 1
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    outputs: list[str | None] = [None] * len(texts)
+    device = next(model.parameters()).device
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_source_length, return_tensors="pt"
+        ).to(device)
+        generated = model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
+        )
+        for row, text in zip(rows, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+            outputs[row] = text.strip()
+    return outputs

@@ -1,0 +1,131 @@
+"""Scheduled-sampling schedules and callback, metrics, in-order translation."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from hf_rnn_attention.training import (
+    ScheduledSamplingCallback,
+    TeacherForcingSchedule,
+    build_compute_metrics,
+    text_metrics,
+    translate,
+)
+
+
+def test_linear_schedule_is_the_lecture_default():
+    schedule = TeacherForcingSchedule()  # linear, per epoch: max(0.1, 1.0 - 0.1 * epoch)
+    assert [round(schedule(i), 6) for i in range(12)] == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1]
+    steeper = TeacherForcingSchedule(kind="linear", slope=0.25, floor=0.3)
+    assert [steeper(i) for i in range(5)] == [1.0, 0.75, 0.5, 0.3, 0.3]
+
+
+def test_exponential_and_inverse_sigmoid_schedules():
+    exponential = TeacherForcingSchedule(kind="exponential", k=0.8, floor=0.0)
+    assert [exponential(i) for i in range(4)] == pytest.approx([1.0, 0.8, 0.64, 0.512])
+    sigmoid = TeacherForcingSchedule(kind="inverse_sigmoid", k=10.0, floor=0.0)
+    for i in (0, 5, 20, 100):
+        assert sigmoid(i) == pytest.approx(10.0 / (10.0 + math.exp(i / 10.0)))
+    assert sigmoid(10**6) == pytest.approx(0.0, abs=1e-12)  # no overflow
+    assert TeacherForcingSchedule(kind="constant", ratio=0.75)(123) == 0.75
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(kind="cosine"), "kind"),
+        (dict(unit="batch"), "unit"),
+        (dict(floor=1.5), "floor"),
+        (dict(kind="exponential", k=1.2), "k"),
+        (dict(kind="inverse_sigmoid", k=0.5), "k"),
+    ],
+)
+def test_bad_schedules_raise(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        TeacherForcingSchedule(**kwargs)
+
+
+def test_callback_sets_ratio_per_epoch_and_logs_it_and_resumes():
+    model = tiny_model()
+    callback = ScheduledSamplingCallback(TeacherForcingSchedule(kind="linear", slope=0.2, floor=0.1))
+    state = SimpleNamespace(epoch=0.0, global_step=0)
+    callback.on_train_begin(None, state, None, model=model)
+    assert model.teacher_forcing_ratio == 1.0
+    state.epoch = 3.0
+    callback.on_epoch_begin(None, state, None, model=model)
+    assert model.teacher_forcing_ratio == pytest.approx(0.4)
+    logs = {"loss": 1.0}
+    callback.on_log(None, state, None, logs=logs)
+    assert logs["teacher_forcing_ratio"] == pytest.approx(0.4)
+    # a resumed run starts with the trainer state of its checkpoint: same ratio, no reset to 1
+    resumed_model = tiny_model()
+    resumed = ScheduledSamplingCallback(TeacherForcingSchedule(kind="linear", slope=0.2, floor=0.1))
+    resumed.on_train_begin(None, SimpleNamespace(epoch=3.5, global_step=700), None, model=resumed_model)
+    assert resumed_model.teacher_forcing_ratio == pytest.approx(0.4)
+
+
+def test_callback_per_step():
+    model = tiny_model()
+    callback = ScheduledSamplingCallback(TeacherForcingSchedule(kind="exponential", unit="step", k=0.5, floor=0.0))
+    for step in range(4):
+        callback.on_step_begin(None, SimpleNamespace(epoch=0.0, global_step=step), None, model=model)
+        assert model.teacher_forcing_ratio == pytest.approx(0.5**step)
+
+
+def test_text_metrics_known_values():
+    perfect = text_metrics(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["exact_match"] == 100.0
+    mixed = text_metrics(["1994-09-27", "2000-01-02"], ["1994-09-27", "2000-01-01"])
+    assert mixed["exact_match"] == 50.0
+    cased = text_metrics(["The Cat sat on the mat ."], ["the cat sat on the mat ."])
+    assert cased["bleu_lowercase"] == pytest.approx(100.0) and cased["bleu"] < 100.0
+    with pytest.raises(ValueError, match="references"):
+        text_metrics(["a"], ["a", "b"])
+
+
+class CharTokenizer:
+    """A minimal stand-in: one id per character, pad 0, eos 2."""
+
+    pad_token_id = 0
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return ["".join(chr(96 + int(t)) for t in row if int(t) > 2) for row in rows]
+
+
+def test_compute_metrics_replaces_minus_100_before_decoding():
+    compute = build_compute_metrics(CharTokenizer())
+    predictions = np.array([[1, 3, 4, 2, -100], [1, 5, 6, 7, 2]])
+    labels = np.array([[3, 4, 2, -100, -100], [5, 6, 8, 2, -100]])
+    metrics = compute(SimpleNamespace(predictions=predictions, label_ids=labels))
+    assert metrics["exact_match"] == 50.0
+
+
+class WordTokenizer:
+    """Whitespace tokenizer over a fixed vocabulary, enough to drive translate()."""
+
+    def __init__(self, vocab_size=40):
+        self.pad_token_id, self.eos_token_id = 0, 2
+
+    def __call__(self, texts, padding=True, truncation=True, max_length=None, return_tensors="pt"):
+        rows = [[3 + (hash(w) % 30) for w in text.split()] + [2] for text in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        from transformers import BatchEncoding
+
+        return BatchEncoding({"input_ids": ids, "attention_mask": ids.ne(0).long()})
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(int(t)) for t in row if int(t) > 2) for row in rows]
+
+
+def test_translate_returns_outputs_in_input_order():
+    model = tiny_model()
+    tokenizer = WordTokenizer()
+    texts = ["a b c d e f", "x", "p q r", "m n", "k l m n o p q r s"]
+    together = translate(model, tokenizer, texts, batch_size=2, max_new_tokens=6)
+    one_by_one = [translate(model, tokenizer, [text], batch_size=1, max_new_tokens=6)[0] for text in texts]
+    assert together == one_by_one
