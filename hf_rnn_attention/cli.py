@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,23 @@ from pathlib import Path
 import yaml
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (as in YAML 1.2): `eval_strategy: no` stays the string "no"."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)
 RECIPE_KEYS = {
     "model", "data", "tokenizer", "training", "scheduled_sampling", "early_stopping_patience",
     "max_source_length", "max_target_length", "evaluate", "seed", "examples",
@@ -43,7 +61,7 @@ def resolve_config_path(name: str | Path, suffixes=(".yaml", ".yml", ".json")) -
 
 
 def load_recipe(path: str | Path) -> dict:
-    recipe = yaml.safe_load(resolve_config_path(path).read_text()) or {}
+    recipe = parse_yaml(resolve_config_path(path).read_text()) or {}
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
         raise ValueError(f"Unknown recipe section(s) {sorted(unknown)} in {path}; allowed: {sorted(RECIPE_KEYS)}.")
@@ -63,7 +81,7 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
         node = recipe
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = parse_yaml(value)
     return recipe
 
 
@@ -97,8 +115,11 @@ def _refuse_to_overwrite(output_dir: Path, overwrite: bool, resume) -> None:
         )
 
 
-def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | None = None, log=print) -> dict:
-    """Data → tokenizer → model → Seq2SeqTrainer → save → test-set evaluation. Returns the results dict."""
+def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | None = None, log=print):
+    """Data → tokenizer → model → Seq2SeqTrainer → save → test-set evaluation.
+
+    Returns `(trainer, results)`. Runs unchanged under `torchrun` (DDP): every process trains, the first one
+    saves and evaluates."""
     from transformers import (
         AutoTokenizer,
         DataCollatorForSeq2Seq,
@@ -166,7 +187,9 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     training_seconds = time.perf_counter() - started
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # the first process only
+    if not trainer.is_world_process_zero():
+        return trainer, None
     save_tokenizer(tokenizer, output_dir)
 
     results = {
@@ -184,7 +207,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
             results["test"][f"beam{beams}"] = text_metrics(hypotheses, references)
             log(f"test, beam {beams}: " + ", ".join(f"{k} {v:.2f}" for k, v in results["test"][f"beam{beams}"].items()))
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    return trainer, results
 
 
 # ───────────────────────────────────────────────── commands ─────────────────────────────────────────────────
@@ -251,7 +274,7 @@ def cmd_demo(args) -> None:
 
     recipe = apply_overrides(load_recipe("date"), args.set)
     recipe.setdefault("training", {})["output_dir"] = args.output_dir
-    results = run_training(recipe, overwrite=args.overwrite)
+    _, results = run_training(recipe, overwrite=args.overwrite)
     model, tokenizer = load_trained(args.output_dir)
     from .training import translate
 

@@ -62,6 +62,11 @@ def test_train_refuses_to_overwrite_a_saved_model(demo_dir):
 def test_recipe_overrides_and_bad_sections():
     recipe = apply_overrides(load_recipe("date"), ["training.learning_rate=0.01", "model.dropout=0.0"])
     assert recipe["training"]["learning_rate"] == 0.01 and recipe["model"]["dropout"] == 0.0
+    switched = apply_overrides(recipe, ["training.eval_strategy=no", "training.save_strategy=steps"])
+    assert switched["training"]["eval_strategy"] == "no"  # not YAML 1.1's False
+    assert (
+        apply_overrides(recipe, ["training.predict_with_generate=false"])["training"]["predict_with_generate"] is False
+    )
     with pytest.raises(ValueError, match="unknown section"):
         apply_overrides(recipe, ["trainer.lr=1"])
     with pytest.raises(ValueError, match="section.key=value"):
