@@ -42,6 +42,8 @@ _RecipeLoader.add_implicit_resolver(
 
 def parse_yaml(text: str):
     return yaml.load(text, Loader=_RecipeLoader)
+
+
 RECIPE_KEYS = {
     "model", "data", "tokenizer", "training", "scheduled_sampling", "early_stopping_patience",
     "max_source_length", "max_target_length", "evaluate", "seed", "examples",
@@ -128,6 +130,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         Seq2SeqTrainingArguments,
         set_seed,
     )
+    from transformers.trainer_utils import get_last_checkpoint
 
     from .data import load_data
     from .modeling_rnn_attention import RNNAttentionForConditionalGeneration
@@ -154,7 +157,12 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
     log("data: " + ", ".join(f"{split} {len(rows):,}" for split, rows in data.items()))
 
     tokenizer_section = dict(recipe.get("tokenizer") or {})
-    if "path" in tokenizer_section:
+    if resume:  # continue with the vocabulary the checkpoint was trained with, never a retrained one
+        checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(str(output_dir))
+        if checkpoint is None:
+            raise SystemExit(f"--resume: no checkpoint-* folder in {output_dir} to continue from.")
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    elif "path" in tokenizer_section:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_section.pop("path"))
     else:
         tokenizer = train_tokenizer_from_dataset(data["train"], **tokenizer_section)

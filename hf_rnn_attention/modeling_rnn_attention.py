@@ -367,9 +367,10 @@ class RNNAttentionDecoder(nn.Module):
     def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         return self.dropout(self.embed_tokens(input_ids))  # (B, T, E)
 
-    def step(self, embedded: torch.Tensor, memory: Memory, state: tuple, input_feed: torch.Tensor | None):
-        """One decoding step. `embedded` `(B, 1, E)` → attentional `(B, 1, H)`, weights `(B, 1, S)` or None,
-        RNN output `(B, 1, H)`, new state, new input feed `(B, H)` or None."""
+    def step(
+        self, embedded: torch.Tensor, memory: Memory, state: tuple, input_feed: torch.Tensor | None
+    ) -> DecoderOutput:
+        """One decoding step: `embedded` `(B, 1, E)` → a `DecoderOutput` with T = 1."""
         if self.bahdanau_order:
             query = state[0][-1].unsqueeze(1)  # s_{t-1}, top layer: (B, 1, H)
             context, weights = self.attention(query, memory)  # (B, 1, M), (B, 1, S)
@@ -382,7 +383,7 @@ class RNNAttentionDecoder(nn.Module):
             rnn_output, state = self._rnn(embedded, state)  # (B, 1, H)
             attentional, weights = self._attentional(rnn_output, memory)
         new_feed = attentional.squeeze(1) if self.input_feeding else None  # (B, H)
-        return attentional, weights, rnn_output, state, new_feed
+        return DecoderOutput(attentional, weights, rnn_output, state, new_feed)
 
     def forward(
         self, input_ids: torch.LongTensor, memory: Memory, state: tuple, input_feed: torch.Tensor | None = None
@@ -394,14 +395,17 @@ class RNNAttentionDecoder(nn.Module):
             attentional, weights = self._attentional(rnn_outputs, memory)  # one batched attention
             return DecoderOutput(attentional, weights, rnn_outputs, state, None)
 
-        steps = []  # one tuple per step: (attentional, weights, rnn_output, state, input_feed)
+        steps = []
         for t in range(embedded.shape[1]):
             steps.append(self.step(embedded[:, t : t + 1], memory, state, input_feed))
-            state, input_feed = steps[-1][3], steps[-1][4]
-        attentional = torch.cat([s[0] for s in steps], dim=1)  # (B, T, H)
-        weights = torch.cat([s[1] for s in steps], dim=1) if self.has_attention else None  # (B, T, S)
-        rnn_outputs = torch.cat([s[2] for s in steps], dim=1)  # (B, T, H)
-        return DecoderOutput(attentional, weights, rnn_outputs, state, input_feed)
+            state, input_feed = steps[-1].state, steps[-1].input_feed
+        return DecoderOutput(
+            attentional=torch.cat([s.attentional for s in steps], dim=1),  # (B, T, H)
+            attentions=torch.cat([s.attentions for s in steps], dim=1) if self.has_attention else None,  # (B, T, S)
+            rnn_outputs=torch.cat([s.rnn_outputs for s in steps], dim=1),  # (B, T, H)
+            state=state,
+            input_feed=input_feed,
+        )
 
 
 # ──────────────────────────────────────────────── Cache ────────────────────────────────────────────────
@@ -742,11 +746,10 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             if t > 0:
                 predicted = logits[-1].detach().argmax(dim=-1)  # (B, 1) the model's own previous prediction
                 tokens = torch.where(use_gold[:, t : t + 1], decoder_input_ids[:, t : t + 1], predicted)
-            attentional, weights, _, state, input_feed = decoder.step(
-                decoder.embed(tokens), cache.memory, state, input_feed
-            )
-            logits.append(self.compute_logits(attentional))  # (B, 1, V)
-            attentions.append(weights)
+            out = decoder.step(decoder.embed(tokens), cache.memory, state, input_feed)
+            state, input_feed = out.state, out.input_feed
+            logits.append(self.compute_logits(out.attentional))  # (B, 1, V)
+            attentions.append(out.attentions)
         cross = (torch.cat(attentions, dim=1),) if decoder.has_attention else None
         return {
             "logits": torch.cat(logits, dim=1),  # (B, T, V)
