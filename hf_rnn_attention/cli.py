@@ -190,7 +190,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         eval_dataset=tokenized.get("validation"),
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
-        compute_metrics=build_compute_metrics(tokenizer),
+        compute_metrics=build_compute_metrics(tokenizer) if args.predict_with_generate else None,
         callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -222,11 +222,13 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
 
 
 def load_trained(model_dir):
+    import torch
     from transformers import AutoTokenizer
 
     from .modeling_rnn_attention import RNNAttentionForConditionalGeneration
 
-    model = RNNAttentionForConditionalGeneration.from_pretrained(model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = RNNAttentionForConditionalGeneration.from_pretrained(model_dir).to(device).eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 

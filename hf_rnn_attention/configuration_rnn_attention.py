@@ -78,7 +78,7 @@ class RNNAttentionConfig(PretrainedConfig):
 
     model_type = "rnn_attention"
     keys_to_ignore_at_inference = ["past_key_values"]
-    attribute_map = {"hidden_size": "decoder_hidden_size", "num_hidden_layers": "encoder_layers"}
+    attribute_map = {"hidden_size": "decoder_hidden_size", "num_hidden_layers": "decoder_layers"}
 
     def __init__(
         self,

@@ -52,6 +52,30 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill_(shifted == -100, pad_token_id)
 
 
+# Arguments that transformers' generate(), pipelines or Trainer may pass and that this model does not use.
+IGNORED_FORWARD_KWARGS = {
+    "cache_position",
+    "token_type_ids",
+    "position_ids",
+    "decoder_position_ids",
+    "num_items_in_batch",
+}
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    """Reject misspelled or unsupported arguments instead of silently ignoring them."""
+    given = {name for name, value in kwargs.items() if value is not None}
+    unknown = sorted(given - IGNORED_FORWARD_KWARGS - {"decoder_attention_mask"})
+    if unknown:
+        raise TypeError(f"forward() got unexpected argument(s) {unknown}.")
+    mask = kwargs.get("decoder_attention_mask")
+    if mask is not None and bool((mask[:, 1:].bool() & ~mask[:, :-1].bool()).any()):
+        raise ValueError(
+            "`decoder_attention_mask` must be right-padded: the decoder RNN reads every position, so padding "
+            "may only follow the last real token."
+        )
+
+
 def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(
@@ -164,8 +188,8 @@ class RNNAttentionEncoder(nn.Module):
 class Bridge(nn.Module):
     """The decoder's initial state s_0 from the encoder: the "context vector" of the classic encoder–decoder.
 
-    `linear`: s_0 = tanh(W_s [h_fwd; h_bwd]) (Bahdanau et al. 2015, appendix A.2.2), and the same for the
-    LSTM cell; `last`: the encoder's final states unchanged; `mean`: the masked mean of the encoder outputs;
+    `linear`: s_0 = tanh(W_s [h_fwd; h_bwd]) of the top layer's final states (a variant of Bahdanau et al. 2015,
+    appendix A.2.2, which uses the backward state alone), and the same for the LSTM cell; `last`: the encoder's final states unchanged; `mean`: the masked mean of the encoder outputs;
     `zeros`: zeros. The same s_0 starts every decoder layer.
     """
 
@@ -272,7 +296,7 @@ class Memory(NamedTuple):
 
     values: torch.Tensor  # (B, S, M) encoder outputs h̄_s
     keys: torch.Tensor  # (B, S, K) h̄_s as the score function projects it
-    mask_bias: torch.Tensor  # (B, 1, S) 0 at tokens, the dtype's most negative value at padding
+    mask_bias: torch.Tensor  # (B, 1, S) 0 at tokens, the most negative float32 at padding (added before softmax)
 
 
 class Attention(nn.Module):
@@ -285,8 +309,10 @@ class Attention(nn.Module):
     def memory(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> Memory:
         """Project the keys and build the padding bias once per sentence. `mask`: (B, S) bool."""
         keys = self.score.project_keys(encoder_outputs)  # (B, S, K)
-        mask_bias = torch.zeros(mask.shape, dtype=encoder_outputs.dtype, device=encoder_outputs.device)
-        mask_bias = mask_bias.masked_fill(~mask, torch.finfo(encoder_outputs.dtype).min).unsqueeze(1)  # (B, 1, S)
+        # at least float32: fp16 scores plus fp16's most negative value would overflow to -inf (NaN for empty rows)
+        dtype = torch.promote_types(encoder_outputs.dtype, torch.float32)
+        mask_bias = torch.zeros(mask.shape, dtype=dtype, device=encoder_outputs.device)
+        mask_bias = mask_bias.masked_fill(~mask, torch.finfo(dtype).min).unsqueeze(1)  # (B, 1, S)
         return Memory(encoder_outputs, keys, mask_bias)
 
     def forward(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +340,8 @@ class RNNAttentionDecoder(nn.Module):
     Luong order (`decoder_style="luong"`): h_t = RNN([y_{t-1}; h̃_{t-1} if input feeding], h_{t-1}); attend with
     h_t; attentional vector h̃_t = tanh(W_c [c_t; h_t]) (Luong eq. 5).
     Bahdanau order (`decoder_style="bahdanau"`): attend with s_{t-1}; s_t = RNN([y_{t-1}; c_t], s_{t-1});
-    h̃_t = tanh(W_c [c_t; s_t]) (the "deep output" of Bahdanau eq. A.2.2, without the maxout).
+    h̃_t = tanh(W_c [c_t; s_t]): Luong's eq. 5 in Bahdanau order, as Joey NMT does (Bahdanau's own output,
+    appendix A.2.2, is a maxout over U_o s_{i-1} + V_o E y_{i-1} + C_o c_i).
     Fast path: when no step reads the previous step's attention output (Luong order without input feeding, or
     no attention) the RNN runs over the whole target in one call and attention is one batched product.
     """
@@ -523,6 +550,11 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             memory = self.decoder.attention.memory(values, mask)
         else:
             memory = Memory(values, values, values.new_zeros(values.shape[0], 1, values.shape[1]))
+        if self.config.bridge in ("linear", "last") and encoder_outputs.final_hidden_state is None:
+            raise ValueError(
+                f"bridge={self.config.bridge!r} starts the decoder from the encoder's final states, but "
+                "`encoder_outputs` has no `final_hidden_state`: pass the output of `model.get_encoder()`."
+            )
         state = self.bridge(encoder_outputs, mask)  # (L, B, H) each
         input_feed = (
             values.new_zeros(values.shape[0], self.config.decoder_hidden_size) if self.config.input_feeding else None
@@ -535,12 +567,22 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             if input_ids is None:
                 raise ValueError("Pass `input_ids` (or precomputed `encoder_outputs`).")
             return self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
-        if not isinstance(encoder_outputs, RNNAttentionEncoderOutput):
-            if isinstance(encoder_outputs, ModelOutput):
-                encoder_outputs = RNNAttentionEncoderOutput(**encoder_outputs)
-            else:
-                encoder_outputs = RNNAttentionEncoderOutput(*encoder_outputs)
-        return encoder_outputs
+        if isinstance(encoder_outputs, RNNAttentionEncoderOutput):
+            return encoder_outputs
+        if isinstance(encoder_outputs, ModelOutput):
+            return RNNAttentionEncoderOutput(**encoder_outputs)
+        # a tuple, as `return_dict=False` gives it: (outputs, final hidden[, final cell][, hidden states])
+        names = ["last_hidden_state", "final_hidden_state"]
+        names += ["final_cell_state"] if self.config.rnn_type == "lstm" else []
+        if len(encoder_outputs) < len(names):
+            raise ValueError(
+                f"`encoder_outputs` as a tuple must hold {tuple(names)} (the encoder's return_dict=False output); "
+                f"got {len(encoder_outputs)} element(s). The bridge needs the encoder's final states."
+            )
+        values = dict(zip(names, encoder_outputs, strict=False))
+        if len(encoder_outputs) > len(names):
+            values["hidden_states"] = encoder_outputs[len(names)]
+        return RNNAttentionEncoderOutput(**values)
 
     def forward(
         self,
@@ -565,6 +607,7 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             `Seq2SeqModelOutput` with `last_hidden_state` `(B, T, H)` (the attentional vectors),
             `cross_attentions` = `((B, T, S),)` when `output_attentions`, and the cache when `use_cache`.
         """
+        _check_kwargs(kwargs)
         if decoder_input_ids is None:
             raise ValueError("Pass `decoder_input_ids` (or `labels` to the ForConditionalGeneration model).")
         if attention_mask is None and input_ids is not None:
@@ -676,6 +719,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             `Seq2SeqLMOutput`: `loss` (mean cross-entropy over non-ignored positions), `logits` `(B, T, V)`,
             `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
         """
+        _check_kwargs(kwargs)
         if labels is not None:
             _check_token_ids("labels", labels.masked_fill(labels == -100, 0), self.config.vocab_size)
             if decoder_input_ids is None:
@@ -684,11 +728,11 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             raise ValueError("Pass `labels` or `decoder_input_ids`.")
         if past_key_values is None or decoder_input_ids.shape[1] > 1:
             _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
-        if use_cache is None:
-            use_cache = self.config.use_cache and labels is None and not self.training
+        if use_cache is None:  # a cache that is passed in is always advanced
+            use_cache = past_key_values is not None or (self.config.use_cache and labels is None and not self.training)
 
         if self.training and self.teacher_forcing_ratio < 1.0 and decoder_input_ids.shape[1] > 1:
-            outputs = self._scheduled_sampling(input_ids, attention_mask, decoder_input_ids, encoder_outputs)
+            outputs = self.scheduled_sampling_forward(input_ids, attention_mask, decoder_input_ids, encoder_outputs)
             logits = outputs.pop("logits")
         else:
             outputs = self.model(
@@ -727,7 +771,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         )
         return result if return_dict is not False else result.to_tuple()
 
-    def _scheduled_sampling(self, input_ids, attention_mask, decoder_input_ids, encoder_outputs) -> dict:
+    def scheduled_sampling_forward(self, input_ids, attention_mask, decoder_input_ids, encoder_outputs) -> dict:
         """Scheduled sampling (Bengio et al. 2015): step t reads the gold token y_{t-1} with probability
         `teacher_forcing_ratio`, else the model's own previous prediction argmax p(y_{t-1} | …), drawn per
         sequence per step. The first step always reads the start token."""

@@ -144,17 +144,14 @@ def build_compute_metrics(tokenizer) -> Callable:
 
 
 def tokenize_dataset(dataset, tokenizer, max_source_length: int = 128, max_target_length: int = 128):
-    """`datasets.map` the `source`/`target` columns to `input_ids`, `attention_mask`, `labels` and a `length`
-    column (source + target tokens) for length-grouped batches. Labels are not padded here: the collator
-    pads them with -100."""
+    """`datasets.map` the `source`/`target` columns to `input_ids`, `attention_mask` and `labels`. Labels are
+    not padded here: the collator pads them with -100. (Length-grouped batches group by the source length:
+    the Trainer drops columns that `forward` does not take before it builds its sampler.)"""
 
     def encode(batch):
-        encoded = tokenizer(batch["source"], text_target=batch["target"], truncation=True, max_length=max_source_length)
-        if max_target_length != max_source_length:
-            encoded["labels"] = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target_length)[
-                "input_ids"
-            ]
-        encoded["length"] = [len(s) + len(t) for s, t in zip(encoded["input_ids"], encoded["labels"], strict=True)]
+        encoded = tokenizer(batch["source"], truncation=True, max_length=max_source_length)
+        targets = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target_length)
+        encoded["labels"] = targets["input_ids"]
         return encoded
 
     return dataset.map(encode, batched=True, remove_columns=["source", "target"], desc="Tokenizing")
@@ -169,6 +166,8 @@ def translate(
     texts = list(texts)
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("translate() returns one output per text: num_return_sequences must be 1.")
+    if "max_new_tokens" in generate_kwargs and "max_length" in generate_kwargs:
+        raise ValueError("Pass max_new_tokens or max_length, not both.")
     if "max_new_tokens" in generate_kwargs:  # as a length (decoder start token included), like generation_config's
         generate_kwargs["max_length"] = generate_kwargs.pop("max_new_tokens") + 1
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)

@@ -175,3 +175,13 @@ def test_manual_incremental_decoding_with_the_cache_matches_full_forward():
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert len(encoder_calls) == 1 and cache.get_seq_length() == 6
+
+
+@pytest.mark.parametrize("bridge", ["linear", "last", "mean", "zeros"])
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_cached_beam_search_for_every_bridge_and_cell(bridge, rnn_type):
+    model = noisy_model(bridge=bridge, rnn_type=rnn_type, attention_type="additive", decoder_style="bahdanau")
+    cached = generate(model, "beam", use_cache=True)
+    full = generate(model, "beam", use_cache=False)
+    assert cached.sequences.tolist() == full.sequences.tolist()
+    torch.testing.assert_close(cached.sequences_scores, full.sequences_scores, atol=1e-5, rtol=1e-5)

@@ -244,3 +244,141 @@ def test_bad_inputs_raise_clear_errors():
         model(input_ids=input_ids, attention_mask=mask, labels=torch.full((4, 3), 99))
     with pytest.raises(ValueError, match="decoder_input_ids"):
         model(input_ids=input_ids, attention_mask=mask)
+
+
+# ─────────────── reference decoders written by hand from the papers, using the module's weights ───────────────
+
+
+def lstm_cell(rnn, x, h, c):
+    """One step of a one-layer nn.LSTM: gates i, f, g, o (PyTorch's order)."""
+    gates = x @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_cell(rnn, x, h):
+    """One step of a one-layer nn.GRU: reset r, update z, candidate n."""
+    xr, xz, xn = (x @ rnn.weight_ih_l0.T + rnn.bias_ih_l0).chunk(3, dim=-1)
+    hr, hz, hn = (h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0).chunk(3, dim=-1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def reference_logits(model, input_ids, mask, decoder_input_ids):
+    """Bahdanau order: e = vᵀ tanh(W s_{t-1} + U h̄), c = Σ α h̄, s_t = GRU([y; c], s_{t-1});
+    Luong order: h_t = LSTM([y; h̃_{t-1}], h_{t-1}), score h_tᵀ W_a h̄, h̃_t = tanh(W_c [c; h_t]).
+    Output: W_o (P h̃_t) + b with W_o the shared embedding."""
+    core, config = model.model, model.config
+    encoded = core.encoder(input_ids, mask)
+    memory = encoded.last_hidden_state  # (B, S, M), trusted: checked by padding invariance and packing tests
+    pad = ~mask.bool()
+    bridge = core.bridge
+    h = torch.tanh(encoded.final_hidden_state @ bridge.hidden_projection.weight.T + bridge.hidden_projection.bias)
+    c = None
+    if config.rnn_type == "lstm":
+        c = torch.tanh(encoded.final_cell_state @ bridge.cell_projection.weight.T + bridge.cell_projection.bias)
+    decoder, rnn = core.decoder, core.decoder.rnn
+    score = decoder.attention.score
+    feed = torch.zeros_like(h)
+    logits = []
+    for t in range(decoder_input_ids.shape[1]):
+        y = core.shared.weight[decoder_input_ids[:, t]]  # (B, E)
+
+        def attend(query):
+            if config.attention_type == "additive":
+                keys = memory @ score.key_projection.weight.T  # U h̄
+                energy = torch.tanh((query @ score.query_projection.weight.T)[:, None, :] + keys)
+                scores = (energy @ score.energy.weight.T).squeeze(-1)  # (B, S)
+            else:  # general
+                scores = torch.einsum("bh,bsh->bs", query, memory @ score.key_projection.weight.T)
+            alpha = torch.softmax(scores.masked_fill(pad, float("-inf")), dim=-1)
+            return torch.einsum("bs,bsm->bm", alpha, memory)
+
+        if config.decoder_style == "bahdanau":
+            context = attend(h)  # with s_{t-1}
+            h = gru_cell(rnn, torch.cat([y, context], -1), h)
+        else:
+            h, c = lstm_cell(rnn, torch.cat([y, feed], -1) if config.input_feeding else y, h, c)
+            context = attend(h)  # with h_t
+        feed = torch.tanh(torch.cat([context, h], -1) @ decoder.attention_combine.weight.T)
+        logits.append(model.output_projection(feed) @ core.shared.weight.T + model.lm_head.bias)
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(rnn_type="gru", attention_type="additive", decoder_style="bahdanau"),
+        dict(rnn_type="lstm", attention_type="general", decoder_style="luong", input_feeding=True),
+        dict(rnn_type="lstm", attention_type="general", decoder_style="luong"),
+    ],
+)
+def test_logits_equal_a_hand_written_reference_decoder(settings):
+    # float64 and large weights: attention then moves the logits far more than the tolerance
+    model = tiny_model(decoder_layers=1, init_std=1.0, **settings).double()
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 3, 5])
+    decoder_input_ids = torch.randint(3, 40, (3, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference_logits(model, input_ids, mask, decoder_input_ids)
+        actual = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    assert expected.abs().max() > 1.0
+    torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-10)
+
+
+# ─────────────────────────────────────────── inputs in other forms ───────────────────────────────────────────
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_tuple_encoder_outputs_and_return_dict_false(rnn_type):
+    model = tiny_model(rnn_type=rnn_type)
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 5))
+    reference = model(input_ids=input_ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+    encoder_tuple = model.get_encoder()(input_ids, mask, output_hidden_states=True, return_dict=False)
+    again = model(encoder_outputs=encoder_tuple, attention_mask=mask, labels=labels, output_hidden_states=True)
+    torch.testing.assert_close(again.logits, reference.logits)
+    assert again.encoder_hidden_states is not None
+    as_tuple = model(input_ids=input_ids, attention_mask=mask, labels=labels, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], reference.loss)
+    torch.testing.assert_close(as_tuple[1], reference.logits)
+    with pytest.raises(ValueError, match="final states"):
+        model(encoder_outputs=(encoder_tuple[0],), attention_mask=mask, labels=labels)
+
+
+def test_unknown_arguments_and_left_padded_decoder_mask_raise():
+    model = tiny_model()
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 5))
+    with pytest.raises(TypeError, match="lables"):
+        model(input_ids=input_ids, attention_mask=mask, lables=labels, decoder_input_ids=labels)
+    left_padded = torch.ones(4, 5, dtype=torch.long)
+    left_padded[0, 0] = 0
+    with pytest.raises(ValueError, match="right-padded"):
+        model(input_ids=input_ids, attention_mask=mask, labels=labels, decoder_attention_mask=left_padded)
+    right_padded = torch.ones(4, 5, dtype=torch.long)
+    right_padded[0, 3:] = 0
+    model(input_ids=input_ids, attention_mask=mask, labels=labels, decoder_attention_mask=right_padded)
+
+
+def test_a_cache_passed_in_training_mode_is_advanced():
+    model = tiny_model().train()
+    input_ids, mask = random_batch()
+    first = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=torch.ones(4, 1, dtype=torch.long),
+                  use_cache=True)  # fmt: skip
+    cache = first.past_key_values
+    model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=torch.full((4, 1), 5), past_key_values=cache)
+    assert cache.get_seq_length() == 2
+
+
+def test_half_precision_attention_over_an_empty_row_stays_finite():
+    from hf_rnn_attention.modeling_rnn_attention import Attention
+
+    attention = Attention(tiny_config(attention_type="dot", encoder_hidden_size=8, decoder_hidden_size=16)).half()
+    values = torch.randn(2, 5, 16).half() * 20
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    memory = attention.memory(values, mask)
+    context, weights = attention(-torch.randn(2, 3, 16).half() * 20, memory)
+    assert torch.isfinite(weights).all() and torch.isfinite(context).all()
+    assert torch.all(weights[0, :, 3:] == 0)
