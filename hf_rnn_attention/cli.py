@@ -122,11 +122,11 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
 
     Returns `(trainer, results)`. Runs unchanged under `torchrun` (DDP): every process trains, the first one
     saves and evaluates."""
+    import torch
     from transformers import (
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         EarlyStoppingCallback,
-        Seq2SeqTrainer,
         Seq2SeqTrainingArguments,
         set_seed,
     )
@@ -136,6 +136,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
     from .modeling_rnn_attention import RNNAttentionForConditionalGeneration
     from .tokenization import save_tokenizer, train_tokenizer_from_dataset
     from .training import (
+        RNNAttentionTrainer,
         ScheduledSamplingCallback,
         TeacherForcingSchedule,
         build_compute_metrics,
@@ -151,6 +152,8 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
     _refuse_to_overwrite(output_dir, overwrite, resume)
     training_section.setdefault("seed", seed)
     training_section.setdefault("report_to", "none")
+    if not torch.cuda.is_available():  # pinned memory only helps host-to-GPU copies (and warns without a GPU)
+        training_section.setdefault("dataloader_pin_memory", False)
 
     started = time.perf_counter()
     data = load_data(recipe["data"], seed=seed)
@@ -183,7 +186,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         callbacks.append(ScheduledSamplingCallback(TeacherForcingSchedule(**recipe["scheduled_sampling"])))
     if recipe.get("early_stopping_patience"):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(recipe["early_stopping_patience"])))
-    trainer = Seq2SeqTrainer(
+    trainer = RNNAttentionTrainer(
         model=model,
         args=args,
         train_dataset=tokenized["train"],

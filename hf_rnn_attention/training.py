@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import sacrebleu
 import torch
-from transformers import TrainerCallback
+from transformers import Seq2SeqTrainer, TrainerCallback
 
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 UNITS = ("epoch", "step")
@@ -72,7 +72,8 @@ class TeacherForcingSchedule:
 
 
 class ScheduledSamplingCallback(TrainerCallback):
-    """Sets `model.teacher_forcing_ratio` from the schedule at the start of every epoch (or step) and logs it.
+    """Sets `model.teacher_forcing_ratio` from the schedule at the start of every epoch (or step);
+    `RNNAttentionTrainer` logs it beside the loss.
 
     The ratio is a function of the trainer state (epoch or global step), so `resume_from_checkpoint`
     continues with the ratio the run had.
@@ -98,12 +99,20 @@ class ScheduledSamplingCallback(TrainerCallback):
         if self.schedule.unit == "step":
             self._update(state, model)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:
-            logs["teacher_forcing_ratio"] = round(self.ratio, 6)
-
     def describe(self) -> dict:
         return asdict(self.schedule)
+
+
+class RNNAttentionTrainer(Seq2SeqTrainer):
+    """`Seq2SeqTrainer` that logs the model's teacher forcing ratio beside the training loss.
+
+    (A callback cannot add it: `Trainer.log` records the logs before it calls `on_log`.)"""
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        ratio = getattr(self.model, "teacher_forcing_ratio", None)
+        if "loss" in logs and ratio is not None:
+            logs["teacher_forcing_ratio"] = round(float(ratio), 6)
+        super().log(logs, *args, **kwargs)
 
 
 # ─────────────────────────────────────────────── Metrics ────────────────────────────────────────────────

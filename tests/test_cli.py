@@ -71,3 +71,39 @@ def test_recipe_overrides_and_bad_sections():
         apply_overrides(recipe, ["trainer.lr=1"])
     with pytest.raises(ValueError, match="section.key=value"):
         apply_overrides(recipe, ["learning_rate"])
+
+
+def test_evaluate_command_reports_metrics(demo_dir, capsys):
+    main(["evaluate", str(demo_dir), "--config", "date", "--set", "data.num_examples=2000", "--set",
+          "data.test_size=100", "--num-beams", "1", "2"])  # fmt: skip
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"beam1", "beam2"}
+    assert results["beam1"]["exact_match"] >= 80.0 and 0.0 <= results["beam2"]["chrf"] <= 100.0
+
+
+def test_scheduled_sampling_through_the_trainer_and_resume(tmp_path):
+    """With label smoothing the Trainer pops `labels`: decoder inputs come from the collator, and scheduled
+    sampling still runs (it keys on training mode). The logged ratio follows the schedule per epoch, and
+    a resumed run continues with the ratio it had."""
+    from hf_rnn_attention.cli import run_training
+
+    overrides = [
+        "data.num_examples=440", "data.validation_size=20", "data.test_size=20",
+        "training.per_device_train_batch_size=16", "training.warmup_steps=0", "training.logging_steps=5",
+        "training.label_smoothing_factor=0.1", "training.eval_strategy=no", "training.save_strategy=epoch",
+        "training.save_total_limit=5", "training.load_best_model_at_end=false", "early_stopping_patience=0",
+        "scheduled_sampling.kind=linear", "scheduled_sampling.slope=0.5", "scheduled_sampling.floor=0.2",
+        f"training.output_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    recipe = apply_overrides(load_recipe("date"), [*overrides, "training.num_train_epochs=2"])
+    trainer, _ = run_training(recipe)
+    logged = {int(entry["epoch"] - 1e-9): entry["teacher_forcing_ratio"]
+              for entry in trainer.state.log_history if "teacher_forcing_ratio" in entry}  # fmt: skip
+    assert logged == {0: 1.0, 1: 0.5}
+    assert trainer.model.teacher_forcing_ratio == 0.5
+
+    resumed_recipe = apply_overrides(load_recipe("date"), [*overrides, "training.num_train_epochs=3"])
+    resumed, _ = run_training(resumed_recipe, resume=True)
+    assert resumed.state.global_step > trainer.state.global_step
+    ratios = [e["teacher_forcing_ratio"] for e in resumed.state.log_history if "teacher_forcing_ratio" in e]
+    assert ratios[-1] == 0.2 and resumed.model.teacher_forcing_ratio == 0.2  # epoch 2: max(0.2, 1 - 0.5 * 2)
