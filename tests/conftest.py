@@ -5,10 +5,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hf_rnn_attention import RNNAttentionConfig, RNNAttentionForConditionalGeneration  # noqa: E402
+
+# The workplace's real data: ../shared/data beside the repository (tests that need it skip where it is absent).
+SHARED_DATA = Path(
+    os.environ.get("HF_RNN_ATTENTION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 # (attention_type, decoder_style, input_feeding): every combination the decoder distinguishes.
 DECODER_VARIANTS = [

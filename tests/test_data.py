@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 from datasets import Dataset, DatasetDict, Features, Translation, Value
 
 from hf_rnn_attention.data import (
@@ -25,7 +26,7 @@ from hf_rnn_attention.data import (
     split_dataset,
 )
 
-MULTI30K = Path("/work/shared/data/multi30k")
+MULTI30K = SHARED_DATA / "multi30k"
 
 
 def write(path: Path, lines, *, gz: bool = False, ending: str = "\n") -> Path:

@@ -7,10 +7,10 @@ import random
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 from transformers import AutoTokenizer
 
 from hf_rnn_attention.tokenization import (
@@ -21,7 +21,7 @@ from hf_rnn_attention.tokenization import (
     train_tokenizer_from_dataset,
 )
 
-MULTI30K = Path("/work/shared/data/multi30k/task1/raw")
+MULTI30K = SHARED_DATA / "multi30k" / "task1" / "raw"
 
 EN_SUBJECTS = ["A man", "A woman", "Two children", "The old dog", "A young girl", "Three workers", "A boy"]
 EN_ADJECTIVES = ["blue", "red", "green", "striped", "yellow", "black"]
