@@ -10,10 +10,28 @@ import torch
 _HANGUL_FONTS = ("Noto Sans CJK KR", "Noto Sans KR", "NanumGothic", "Nanum Gothic", "UnDotum", "Baekmuk Dotum")
 
 
-def _font_family() -> list[str]:
-    """A font list that shows Korean where such a font is installed, then matplotlib's default."""
+def _register_packaged_hangul_font() -> None:
+    """Make NanumGothic from the `koreanize-matplotlib` package known to matplotlib, without importing that
+    package (its import changes matplotlib's global settings)."""
+    import importlib.util
+
     from matplotlib import font_manager
 
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or spec.origin is None:
+        return
+    font = Path(spec.origin).parent / "fonts" / "NanumGothic.ttf"
+    known = {entry.fname for entry in font_manager.fontManager.ttflist}
+    if font.exists() and str(font) not in known:
+        font_manager.fontManager.addfont(str(font))
+
+
+def _font_family() -> list[str]:
+    """A font list that shows Korean (a system CJK font, else the packaged NanumGothic), then matplotlib's
+    default for Latin text and symbols."""
+    from matplotlib import font_manager
+
+    _register_packaged_hangul_font()
     installed = {font.name for font in font_manager.fontManager.ttflist}
     return [name for name in _HANGUL_FONTS if name in installed] + ["DejaVu Sans"]
 
