@@ -5,6 +5,7 @@
     hf-rnn-attention evaluate runs/date --config configs/date.yaml --num-beams 1 5
     echo "September 27, 1994" | hf-rnn-attention translate runs/date
     hf-rnn-attention plot runs/date "27 Sep 1994" --output attention.png
+    hf-rnn-attention tokenizer --files train.de train.en --vocab-size 8000 --output my-tokenizer
 
 A recipe (YAML) has the sections `model` (a preset from configs/ plus any RNNAttentionConfig field),
 `data` (see hf_rnn_attention.data.load_data), `tokenizer` (see hf_rnn_attention.tokenization),
@@ -282,6 +283,12 @@ def cmd_plot(args) -> None:
     print(f"{args.text} → {tokenizer.convert_tokens_to_string(target[:-1]).strip()}  (heatmap: {args.output})")
 
 
+def cmd_tokenizer(args) -> None:
+    from .tokenization import main as tokenizer_main
+
+    tokenizer_main(args.arguments)
+
+
 def cmd_demo(args) -> None:
     from .visualization import greedy_attention, plot_attention
 
@@ -342,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--output", default="attention.png")
     plot.set_defaults(func=cmd_plot)
 
+    tokenizer = commands.add_parser(
+        "tokenizer", add_help=False, help="train a joint subword tokenizer on text files (--help for its options)"
+    )
+    tokenizer.set_defaults(func=cmd_tokenizer)  # its options are parsed by hf_rnn_attention.tokenization.main
+
     demo = commands.add_parser("demo", help="train the built-in date-normalisation model and use it")
     demo.add_argument("--output-dir", default="runs/date-demo")
     demo.add_argument("--overwrite", action="store_true")
@@ -351,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "tokenizer":
+        args.arguments = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "evaluate" and not (args.config or (args.source and args.reference)):
         raise SystemExit("evaluate needs --config (and --split) or both --source and --reference.")
     args.func(args)

@@ -41,6 +41,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -285,7 +286,7 @@ def _read_lines(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: train a joint tokenizer on the lines of text files and save it with :func:`save_tokenizer`."""
     parser = argparse.ArgumentParser(
-        prog="python -m hf_rnn_attention.tokenization",
+        prog="hf-rnn-attention tokenizer",
         description="Train one joint subword tokenizer on the lines of the given files (plain or .gz).",
     )
     parser.add_argument("--files", nargs="+", required=True, help="training text files, one sentence a line")
@@ -295,7 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lowercase", action="store_true", help="lowercase all text")
     parser.add_argument("--no-split-digits", action="store_true", help="keep numbers whole")
     parser.add_argument("--output", required=True, help="folder to save the tokenizer to")
+    parser.add_argument("--overwrite", action="store_true", help="replace a tokenizer already saved in --output")
     args = parser.parse_args(argv)
+    if (Path(args.output) / "tokenizer.json").exists() and not args.overwrite:
+        raise SystemExit(f"{args.output} already holds a tokenizer; pass --overwrite to replace it.")
 
     tokenizer = train_tokenizer(
         _read_lines(args.files),

@@ -107,3 +107,15 @@ def test_scheduled_sampling_through_the_trainer_and_resume(tmp_path):
     assert resumed.state.global_step > trainer.state.global_step
     ratios = [e["teacher_forcing_ratio"] for e in resumed.state.log_history if "teacher_forcing_ratio" in e]
     assert ratios[-1] == 0.2 and resumed.model.teacher_forcing_ratio == 0.2  # epoch 2: max(0.2, 1 - 0.5 * 2)
+
+
+def test_tokenizer_command_trains_saves_and_refuses_to_overwrite(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the cat number {i} sat on the mat ." for i in range(200)) + "\n")
+    output = tmp_path / "tokenizer"
+    main(["tokenizer", "--files", str(corpus), "--vocab-size", "60", "--output", str(output)])
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert tokenizer.decode(tokenizer("the cat sat .")["input_ids"], skip_special_tokens=True) == "the cat sat ."
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(["tokenizer", "--files", str(corpus), "--vocab-size", "60", "--output", str(output)])
+    main(["tokenizer", "--files", str(corpus), "--vocab-size", "60", "--output", str(output), "--overwrite"])
