@@ -76,6 +76,15 @@ def _check_kwargs(kwargs: dict) -> None:
         )
 
 
+def _output_flags(config, output_attentions, output_hidden_states, return_dict):
+    """Arguments left as None take the config's defaults, as in every transformers model."""
+    return (
+        config.output_attentions if output_attentions is None else output_attentions,
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.use_return_dict if return_dict is None else return_dict,
+    )
+
+
 def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(
@@ -140,6 +149,7 @@ class RNNAttentionEncoder(nn.Module):
             input_ids (`(B, S)`): right-padded source token ids.
             attention_mask (`(B, S)`, 1 = token, 0 = padding): inferred from `pad_token_id` when not given.
         """
+        _, output_hidden_states, return_dict = _output_flags(self.config, None, output_hidden_states, return_dict)
         if input_ids is None or input_ids.dim() != 2:
             raise ValueError("The encoder needs `input_ids` of shape (batch, source_length).")
         _check_token_ids("input_ids", input_ids, self.config.vocab_size)
@@ -179,7 +189,7 @@ class RNNAttentionEncoder(nn.Module):
             final_cell_state=final_cell,
             hidden_states=(outputs,) if output_hidden_states else None,
         )
-        return result if return_dict is not False else result.to_tuple()
+        return result if return_dict else result.to_tuple()
 
 
 # ─────────────────────────────────────────────── Bridge ────────────────────────────────────────────────
@@ -566,7 +576,7 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("Pass `input_ids` (or precomputed `encoder_outputs`).")
-            return self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+            return self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states, return_dict=True)
         if isinstance(encoder_outputs, RNNAttentionEncoderOutput):
             return encoder_outputs
         if isinstance(encoder_outputs, ModelOutput):
@@ -608,6 +618,9 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             `cross_attentions` = `((B, T, S),)` when `output_attentions`, and the cache when `use_cache`.
         """
         _check_kwargs(kwargs)
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         if decoder_input_ids is None:
             raise ValueError("Pass `decoder_input_ids` (or `labels` to the ForConditionalGeneration model).")
         if attention_mask is None and input_ids is not None:
@@ -632,7 +645,7 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             encoder_last_hidden_state=cache.memory.values,
             encoder_hidden_states=encoder_outputs.hidden_states if output_hidden_states and encoder_outputs else None,
         )
-        return result if return_dict is not False else result.to_tuple()
+        return result if return_dict else result.to_tuple()
 
 
 class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, GenerationMixin):
@@ -720,6 +733,9 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
         """
         _check_kwargs(kwargs)
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         if labels is not None:
             _check_token_ids("labels", labels.masked_fill(labels == -100, 0), self.config.vocab_size)
             if decoder_input_ids is None:
@@ -769,7 +785,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             encoder_last_hidden_state=outputs.get("encoder_last_hidden_state"),
             encoder_hidden_states=outputs.get("encoder_hidden_states"),
         )
-        return result if return_dict is not False else result.to_tuple()
+        return result if return_dict else result.to_tuple()
 
     def scheduled_sampling_forward(self, input_ids, attention_mask, decoder_input_ids, encoder_outputs) -> dict:
         """Scheduled sampling (Bengio et al. 2015): step t reads the gold token y_{t-1} with probability

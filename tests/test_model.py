@@ -382,3 +382,19 @@ def test_half_precision_attention_over_an_empty_row_stays_finite():
     context, weights = attention(-torch.randn(2, 3, 16).half() * 20, memory)
     assert torch.isfinite(weights).all() and torch.isfinite(context).all()
     assert torch.all(weights[0, :, 3:] == 0)
+
+
+def test_output_flags_default_to_the_config():
+    model = tiny_model()
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 5))
+    assert model(input_ids=input_ids, attention_mask=mask, labels=labels).cross_attentions is None
+    model.config.output_attentions = True
+    model.config.output_hidden_states = True
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+    assert out.cross_attentions[0].shape == (4, 5, 7) and out.decoder_hidden_states is not None
+    assert (
+        model(input_ids=input_ids, attention_mask=mask, labels=labels, output_attentions=False).cross_attentions is None
+    )
+    model.config.return_dict = False
+    assert isinstance(model(input_ids=input_ids, attention_mask=mask, labels=labels), tuple)
