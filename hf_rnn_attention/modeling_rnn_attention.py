@@ -678,6 +678,20 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             # max_new_tokens both take effect (a default max_new_tokens would silently win over a caller's max_length).
             self.generation_config.max_length = 128
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the text-to-text pipeline: `config.custom_pipelines` names it for
+        "translation", "text2text-generation" and "summarization" and its file is saved beside the modeling code,
+        so `pipeline("translation", model=folder, trust_remote_code=True)` works without this package."""
+        import shutil
+        from pathlib import Path
+
+        from .pipeline_rnn_attention import custom_pipelines_entry
+
+        self.config.custom_pipelines = custom_pipelines_entry()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            shutil.copy(Path(__file__).with_name("pipeline_rnn_attention.py"), Path(save_directory))
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not build a DynamicCache: the model returns its own RNNAttentionCache

@@ -1,0 +1,119 @@
+"""Text-to-text pipeline for the RNN attention model: translation, summarization, text2text-generation.
+
+Imports only torch and transformers, so that a saved model folder carries it as Hub remote code:
+`pipeline("translation", model=FOLDER_OR_REPO, trust_remote_code=True)` works where this package is not
+installed (the model's `config.custom_pipelines` names this class for the three classic task names, which
+transformers 5 removed from its own pipelines).
+"""
+
+import torch
+from transformers import Pipeline
+
+PIPELINE_TASK = "rnn-attention-text2text"
+CLASSIC_TASKS = ("translation", "text2text-generation", "summarization")
+
+
+def custom_pipelines_entry() -> dict:
+    """The `config.custom_pipelines` value: this pipeline for the three classic task names and its own."""
+    entry = {
+        "impl": "pipeline_rnn_attention.RNNAttentionText2TextPipeline",
+        "pt": ["AutoModelForSeq2SeqLM"],
+        "type": "text",
+    }
+    return {task: dict(entry) for task in (*CLASSIC_TASKS, PIPELINE_TASK)}
+
+
+class RNNAttentionText2TextPipeline(Pipeline):
+    """Generate text from text with `model.generate()`.
+
+    Call with a string or a list of strings, plus any generate() keyword (`num_beams`, `do_sample`, `top_k`,
+    `max_new_tokens`, `num_return_sequences`, …). Results: `[{"translation_text": …}]` for translation tasks,
+    `[{"summary_text": …}]` for summarization, else `[{"generated_text": …}]`. With `return_attention=True`
+    each result also holds `source_tokens`, `target_tokens` and `attention` (target × source weights, the
+    path of the returned hypothesis for beam search), ready for `plot_attention`.
+    """
+
+    _pipeline_calls_generate = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __call__(self, inputs, **kwargs):
+        result = super().__call__(inputs, **kwargs)
+        # like transformers' classic text2text pipelines: one result per input in a flat list
+        if isinstance(inputs, list) and all(isinstance(r, list) and len(r) == 1 for r in result):
+            return [r[0] for r in result]
+        return result
+
+    def _sanitize_parameters(self, return_attention=None, max_source_length=None, **generate_kwargs):
+        preprocess, forward, postprocess = {}, dict(generate_kwargs), {}
+        if max_source_length is not None:
+            preprocess["max_source_length"] = max_source_length
+        if return_attention is not None:
+            forward["return_attention"] = return_attention
+            postprocess["return_attention"] = return_attention
+        return preprocess, forward, postprocess
+
+    def preprocess(self, text, max_source_length=None):
+        if not isinstance(text, str):
+            raise ValueError(f"{type(self).__name__} takes a string or a list of strings, got {type(text).__name__}.")
+        truncation = max_source_length is not None
+        return self.tokenizer(
+            text, return_tensors="pt", truncation=truncation, max_length=max_source_length, return_token_type_ids=False
+        )
+
+    def _forward(self, model_inputs, return_attention=False, **generate_kwargs):
+        if hasattr(self, "_prepare_generate_kwargs"):  # transformers 5.x; 4.x passes the kwargs as they are
+            generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        if return_attention:
+            generate_kwargs.update(return_dict_in_generate=True, output_attentions=True, output_scores=True)
+        input_ids = model_inputs["input_ids"]
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=model_inputs.get("attention_mask"), **generate_kwargs
+        )
+        sequences = output.sequences if return_attention else output  # (B·n, T)
+        batch, returned = input_ids.shape[0], sequences.shape[0] // input_ids.shape[0]
+        result = {"input_ids": input_ids, "sequences": sequences.reshape(batch, returned, -1)}
+        if return_attention:
+            result["attention"] = self._hypothesis_attention(output).reshape(batch, returned, *output_shape(output))
+        return result
+
+    @staticmethod
+    def _hypothesis_attention(output) -> torch.Tensor:
+        """(B·n, T, S) weights of each returned hypothesis; beam search follows `beam_indices` back."""
+        steps = torch.stack([step[0][:, 0] for step in output.cross_attentions], dim=1)  # (rows, T, S)
+        beam_indices = getattr(output, "beam_indices", None)
+        if beam_indices is None:
+            return steps
+        length = steps.shape[1]
+        rows = beam_indices[:, :length].clamp(min=0).long()  # (B·n, T); -1 marks steps after the end
+        gathered = steps[rows, torch.arange(length)[None, :]]  # (B·n, T, S)
+        return gathered * (beam_indices[:, :length] >= 0)[..., None]
+
+    def postprocess(self, model_outputs, return_attention=False):
+        key = "generated_text"
+        if self.task and self.task.startswith("translation"):
+            key = "translation_text"
+        elif self.task == "summarization":
+            key = "summary_text"
+        sequences = model_outputs["sequences"][0]  # (n, T)
+        records = []
+        for index, sequence in enumerate(sequences):
+            record = {key: self.tokenizer.decode(sequence, skip_special_tokens=True).strip()}
+            if return_attention:
+                source = model_outputs["input_ids"][0]
+                source = source[source != self.tokenizer.pad_token_id]
+                target = sequence[1:]  # drop the decoder start token
+                ends = (target == self.tokenizer.eos_token_id).nonzero()
+                length = int(ends[0]) + 1 if len(ends) else len(target)
+                record["source_tokens"] = self.tokenizer.convert_ids_to_tokens(source.tolist())
+                record["target_tokens"] = self.tokenizer.convert_ids_to_tokens(target[:length].tolist())
+                record["attention"] = model_outputs["attention"][0][index][:length, : len(source)].tolist()
+            records.append(record)
+        return records
+
+
+def output_shape(output) -> tuple[int, int]:
+    """(T, S) of the attention of a generate() output."""
+    return len(output.cross_attentions), output.cross_attentions[0][0].shape[-1]

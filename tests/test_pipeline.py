@@ -1,0 +1,107 @@
+"""The text-to-text pipeline: in-process, with attention, and by classic task names from a saved folder in a
+fresh process without the package."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import pipeline
+
+from hf_rnn_attention import RNNAttentionForConditionalGeneration
+from hf_rnn_attention.tokenization import save_tokenizer, train_tokenizer
+
+WORDS = "the a cat dog sat ran on under mat tree red blue big small house garden".split()
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    generator = torch.Generator().manual_seed(0)
+    sentences = [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (6,), generator=generator)) for _ in range(300)
+    ]
+    tokenizer = train_tokenizer(sentences, vocab_size=60)
+    torch.manual_seed(3)
+    config = tiny_config(vocab_size=len(tokenizer), init_std=0.5, attention_type="general", input_feeding=True)
+    model = RNNAttentionForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.eos_token_id] = -2.0  # long enough outputs to exercise the attention paths
+    return model, tokenizer
+
+
+TEXTS = ["the cat sat on the mat", "a big red dog ran under the small tree", "blue house"]
+
+
+def reference(model, tokenizer, texts, **generate_kwargs):
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=10, **generate_kwargs)
+    return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def test_pipeline_outputs_equal_generate_single_and_batched(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer)
+    expected = [reference(model, tokenizer, [text], num_beams=3)[0] for text in TEXTS]
+    assert pipe(TEXTS[0], num_beams=3, max_new_tokens=10) == [{"generated_text": expected[0]}]
+    batched = pipe(TEXTS, num_beams=3, max_new_tokens=10, batch_size=2)
+    assert batched == [{"generated_text": text} for text in expected]
+    several = pipe(TEXTS[0], num_beams=4, num_return_sequences=2, max_new_tokens=10)
+    assert len(several) == 2 and several[0]["generated_text"] == expected[0]
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_returned_attention_is_the_teacher_forced_attention_of_the_output(model_and_tokenizer, num_beams):
+    """The attention of the returned hypothesis (traced through beam_indices for beam search) equals the
+    attention the model computes when it reads that output with teacher forcing."""
+    model, tokenizer = model_and_tokenizer
+    pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer)
+    (result,) = pipe(TEXTS[1], return_attention=True, num_beams=num_beams, max_new_tokens=10)
+    source = tokenizer(TEXTS[1], return_tensors="pt")
+    assert result["source_tokens"] == tokenizer.convert_ids_to_tokens(source["input_ids"][0].tolist())
+    target_ids = tokenizer.convert_tokens_to_ids(result["target_tokens"])
+    decoder_input_ids = torch.tensor([[model.config.decoder_start_token_id, *target_ids[:-1]]])
+    with torch.no_grad():
+        forced = model(**source, decoder_input_ids=decoder_input_ids, output_attentions=True).cross_attentions[0][0]
+    torch.testing.assert_close(torch.tensor(result["attention"]), forced, atol=1e-5, rtol=1e-5)
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_rnn_attention"] = None  # the package is NOT importable here
+    from transformers import pipeline
+    folder, texts = sys.argv[1], json.loads(sys.argv[2])
+    results = {}
+    for task in ("translation", "text2text-generation", "summarization"):
+        pipe = pipeline(task, model=folder, trust_remote_code=True)
+        assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
+        results[task] = pipe(texts, num_beams=3, max_new_tokens=10)
+    print(json.dumps(results))
+    """
+)
+
+
+def test_classic_task_names_load_from_a_saved_folder_without_the_package(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["custom_pipelines"]) >= {"translation", "text2text-generation", "summarization"}
+    assert (folder / "pipeline_rnn_attention.py").exists()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH_PROCESS)
+    result = subprocess.run([sys.executable, str(script), str(folder), json.dumps(TEXTS)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = reference(model, tokenizer, TEXTS, num_beams=3)
+    assert results["translation"] == [{"translation_text": text} for text in expected]
+    assert results["text2text-generation"] == [{"generated_text": text} for text in expected]
+    assert results["summarization"] == [{"summary_text": text} for text in expected]
