@@ -119,3 +119,22 @@ def test_tokenizer_command_trains_saves_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(SystemExit, match="--overwrite"):
         main(["tokenizer", "--files", str(corpus), "--vocab-size", "60", "--output", str(output)])
     main(["tokenizer", "--files", str(corpus), "--vocab-size", "60", "--output", str(output), "--overwrite"])
+
+
+def test_the_date_heatmap_shows_the_expected_alignment(demo_dir):
+    """The year digits of the output attend mostly to the year in the input (the ▁ before it included)."""
+    from transformers import pipeline
+
+    pipe = pipeline("rnn-attention-text2text", model=str(demo_dir))
+    texts = ["September 27, 1994", "27 Sep 1994", "1994년 9월 27일", "9/27/1994", "Tuesday, September 27, 1994",
+             "the 27th of September, 1994", "27.9.1994"]  # fmt: skip
+    masses = []
+    for text in texts:
+        (result,) = pipe(text, return_attention=True)
+        source, target, attention = result["source_tokens"], result["target_tokens"], result["attention"]
+        assert result["generated_text"] == "1994-09-27"
+        start = next(i for i in range(len(source) - 3) if source[i : i + 4] == ["1", "9", "9", "4"])
+        year = range(start - 1 if source[start - 1] == "▁" else start, start + 4)
+        year_outputs = [j for j, token in enumerate(target) if token.isdigit()][:4]
+        masses.append(sum(attention[j][i] for j in year_outputs for i in year) / len(year_outputs))
+    assert sum(masses) / len(masses) >= 0.75, masses

@@ -91,8 +91,13 @@ def test_classic_task_names_load_from_a_saved_folder_without_the_package(model_a
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
+    # with the package imported, its own task name loads the folder without trust_remote_code
+    local = pipeline("rnn-attention-text2text", model=str(folder))
+    assert local(TEXTS, num_beams=3, max_new_tokens=10) == [
+        {"generated_text": text} for text in reference(model, tokenizer, TEXTS, num_beams=3)
+    ]
     config = json.loads((folder / "config.json").read_text())
-    assert set(config["custom_pipelines"]) >= {"translation", "text2text-generation", "summarization"}
+    assert set(config["custom_pipelines"]) == {"translation", "text2text-generation", "summarization"}
     assert (folder / "pipeline_rnn_attention.py").exists()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
     script = tmp_path / "fresh.py"
