@@ -6,6 +6,7 @@
     echo "September 27, 1994" | hf-rnn-attention translate runs/date
     hf-rnn-attention plot runs/date "27 Sep 1994" --output attention.png
     hf-rnn-attention tokenizer --files train.de train.en --vocab-size 8000 --output my-tokenizer
+    hf-rnn-attention push runs/date user/date-normaliser --dry-run          # the Hub repository folder only
 
 A recipe (YAML) has the sections `model` (a preset from configs/ plus any RNNAttentionConfig field),
 `data` (see hf_rnn_attention.data.load_data), `tokenizer` (see hf_rnn_attention.tokenization),
@@ -283,6 +284,17 @@ def cmd_plot(args) -> None:
     print(f"{args.text} → {tokenizer.convert_tokens_to_string(target[:-1]).strip()}  (heatmap: {args.output})")
 
 
+def cmd_push(args) -> None:
+    from .hub import push
+
+    folder = push(
+        args.model_dir, args.repo_id, folder=args.folder, private=args.private, create_pr=args.create_pr,
+        dry_run=args.dry_run, overwrite=args.overwrite, language=args.language, license=args.license,
+        dataset=args.dataset, dataset_name=args.dataset_name, task=args.task,
+    )  # fmt: skip
+    print(f"{'wrote' if args.dry_run else 'uploaded'} {folder}" + ("" if args.dry_run else f" to {args.repo_id}"))
+
+
 def cmd_tokenizer(args) -> None:
     from .tokenization import main as tokenizer_main
 
@@ -348,6 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("text")
     plot.add_argument("--output", default="attention.png")
     plot.set_defaults(func=cmd_plot)
+
+    push = commands.add_parser(
+        "push", help="build the Hub repository folder (weights, code, tokenizer, card) and upload it"
+    )
+    push.add_argument("model_dir")
+    push.add_argument("repo_id", help="user/name on the Hub")
+    push.add_argument("--folder", help="where to build the repository folder (default MODEL_DIR/hub_upload)")
+    push.add_argument("--dry-run", action="store_true", help="build the folder only")
+    push.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --folder")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    push.add_argument("--language", nargs="+", help="languages for the card, e.g. de en")
+    push.add_argument("--license", default="apache-2.0")
+    push.add_argument("--dataset", help="Hub dataset id for the card, e.g. bentrevett/multi30k")
+    push.add_argument("--dataset-name", help="human-readable dataset name for the results")
+    push.add_argument("--task", default="translation", help="pipeline_tag and model-index task type")
+    push.set_defaults(func=cmd_push)
 
     tokenizer = commands.add_parser(
         "tokenizer", add_help=False, help="train a joint subword tokenizer on text files (--help for its options)"
