@@ -302,14 +302,13 @@ def cmd_tokenizer(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    from .training import translate
     from .visualization import greedy_attention, plot_attention
 
     recipe = apply_overrides(load_recipe("date"), args.set)
     recipe.setdefault("training", {})["output_dir"] = args.output_dir
     _, results = run_training(recipe, overwrite=args.overwrite)
     model, tokenizer = load_trained(args.output_dir)
-    from .training import translate
-
     examples = recipe.get("examples") or ["September 27, 1994"]
     print("\nconversions:")
     for text, output in zip(examples, translate(model, tokenizer, examples), strict=True):

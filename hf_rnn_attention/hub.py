@@ -12,6 +12,7 @@ pipeline_tag, library_name, tags and model-index results from the model's `resul
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def build_card(
         from safetensors import safe_open
 
         with safe_open(str(weights), "pt") as handle:
-            parameters = f"{sum(_count(handle.get_slice(key).get_shape()) for key in handle.keys()):,}"
+            parameters = f"{sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys()):,}"
     architecture = f"{config.get('rnn_type', 'lstm').upper()}, {config.get('attention_type')} attention, " \
                    f"{config.get('decoder_style')}-style decoder"  # fmt: skip
     return ModelCard.from_template(
@@ -102,13 +103,6 @@ def build_card(
         parameters=parameters,
         results=rows,
     )
-
-
-def _count(shape) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
 
 
 def build_repo_folder(model_dir: str | Path, output_dir: str | Path, repo_id: str, overwrite: bool = False,

@@ -77,7 +77,8 @@ class RNNAttentionText2TextPipeline(Pipeline):
         batch, returned = input_ids.shape[0], sequences.shape[0] // input_ids.shape[0]
         result = {"input_ids": input_ids, "sequences": sequences.reshape(batch, returned, -1)}
         if return_attention:
-            result["attention"] = self._hypothesis_attention(output).reshape(batch, returned, *output_shape(output))
+            attention = self._hypothesis_attention(output)  # (B·n, T, S)
+            result["attention"] = attention.reshape(batch, returned, *attention.shape[1:])
         return result
 
     @staticmethod
@@ -113,8 +114,3 @@ class RNNAttentionText2TextPipeline(Pipeline):
                 record["attention"] = model_outputs["attention"][0][index][:length, : len(source)].tolist()
             records.append(record)
         return records
-
-
-def output_shape(output) -> tuple[int, int]:
-    """(T, S) of the attention of a generate() output."""
-    return len(output.cross_attentions), output.cross_attentions[0][0].shape[-1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import sacrebleu
@@ -98,9 +98,6 @@ class ScheduledSamplingCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self.schedule.unit == "step":
             self._update(state, model)
-
-    def describe(self) -> dict:
-        return asdict(self.schedule)
 
 
 class RNNAttentionTrainer(Seq2SeqTrainer):

@@ -1,5 +1,6 @@
 """The train command under torchrun: two CPU processes (DDP, gloo) train one model."""
 
+import hashlib
 import json
 import math
 import os
@@ -28,10 +29,11 @@ DRIVER = textwrap.dedent(
     trainer, results = run_training(recipe)
     state = trainer.model.state_dict()
     digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
+    embedding = hashlib.sha256(state["model.shared.weight"].detach().cpu().numpy().tobytes()).hexdigest()
     rank = int(os.environ["RANK"])
     with open(os.path.join(report_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": trainer.args.world_size, "global_step": trainer.state.global_step,
-                   "digest": digest, "train_rows": len(trainer.train_dataset),
+                   "digest": digest, "embedding": embedding, "train_rows": len(trainer.train_dataset),
                    "first_loss": trainer.state.log_history[0]["loss"]}, handle)
     """
 )
@@ -63,6 +65,6 @@ def test_two_processes_train_one_model(tmp_path):
     assert reports[0]["global_step"] == reports[1]["global_step"] == expected_steps
     # the first process saved that model (and the second did not write over it)
     saved = load_file(str(output_dir / "model.safetensors"))
+    assert hashlib.sha256(saved["model.shared.weight"].numpy().tobytes()).hexdigest() == reports[0]["embedding"]
     assert (output_dir / "tokenizer.json").exists() and (output_dir / "results.json").exists()
     assert torch.isfinite(torch.tensor(reports[0]["first_loss"]))
-    assert len(saved) > 0
