@@ -129,7 +129,6 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         EarlyStoppingCallback,
-        Seq2SeqTrainingArguments,
         set_seed,
     )
     from transformers.trainer_utils import get_last_checkpoint
@@ -144,6 +143,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         build_compute_metrics,
         text_metrics,
         tokenize_dataset,
+        training_arguments,
         translate,
     )
 
@@ -182,7 +182,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
     max_target = int(recipe.get("max_target_length", max_source))
     tokenized = {split: tokenize_dataset(rows, tokenizer, max_source, max_target) for split, rows in data.items()}
 
-    args = Seq2SeqTrainingArguments(**training_section)
+    args = training_arguments(**training_section)
     callbacks = []
     if recipe.get("scheduled_sampling"):
         callbacks.append(ScheduledSamplingCallback(TeacherForcingSchedule(**recipe["scheduled_sampling"])))

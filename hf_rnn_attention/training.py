@@ -9,6 +9,7 @@ sets `model.teacher_forcing_ratio` from a `TeacherForcingSchedule` before every 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import sacrebleu
 import torch
-from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 UNITS = ("epoch", "step")
@@ -98,6 +99,35 @@ class ScheduledSamplingCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self.schedule.unit == "step":
             self._update(state, model)
+
+
+def training_arguments(**settings) -> Seq2SeqTrainingArguments:
+    """`Seq2SeqTrainingArguments` from a recipe's `training:` section, on transformers 4.57 and 5.x alike.
+
+    Length-grouped batches are `train_sampling_strategy: group_by_length` on 5.x and `group_by_length: true`
+    on 4.57; a recipe may use either spelling and gets length grouping on both."""
+    fields = {field.name for field in dataclasses.fields(Seq2SeqTrainingArguments)}
+    strategy, grouped = settings.pop("train_sampling_strategy", None), settings.pop("group_by_length", None)
+    if strategy is not None and grouped is not None:
+        raise ValueError("Give train_sampling_strategy or group_by_length, not both.")
+    if grouped is not None:
+        if not isinstance(grouped, bool):
+            raise ValueError(f"group_by_length must be true or false, got {grouped!r}.")
+        strategy = "group_by_length" if grouped else "random"
+    if strategy is not None:
+        if "train_sampling_strategy" in fields:  # transformers 5.x
+            settings["train_sampling_strategy"] = strategy
+        elif strategy in ("random", "group_by_length"):  # transformers 4.x
+            settings["group_by_length"] = strategy == "group_by_length"
+        else:
+            raise ValueError(
+                f"train_sampling_strategy={strategy!r} needs transformers 5; on this version use 'random' or "
+                "'group_by_length'."
+            )
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise ValueError(f"Unknown training settings {unknown}: see Seq2SeqTrainingArguments for the allowed names.")
+    return Seq2SeqTrainingArguments(**settings)
 
 
 class RNNAttentionTrainer(Seq2SeqTrainer):

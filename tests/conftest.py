@@ -17,6 +17,11 @@ SHARED_DATA = Path(
     os.environ.get("HF_RNN_ATTENTION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
 
+# Optional: the python of a second environment whose transformers has the other major version (4.57 <-> 5.x),
+# to check that a folder saved under one loads under the other. `.ci/run` sets it for both of its test runs.
+OTHER_PYTHON = os.environ.get("HF_RNN_ATTENTION_OTHER_PYTHON")
+OTHER_PYTHON_REASON = "set HF_RNN_ATTENTION_OTHER_PYTHON to a python with the other transformers major (4.57 / 5.x)"
+
 # (attention_type, decoder_style, input_feeding): every combination the decoder distinguishes.
 DECODER_VARIANTS = [
     ("none", "luong", False),
