@@ -135,7 +135,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
 
     from .data import load_data
     from .modeling_rnn_attention import RNNAttentionForConditionalGeneration
-    from .tokenization import save_tokenizer, train_tokenizer_from_dataset
+    from .tokenization import save_tokenizer, tokenizer_from_file, train_tokenizer_from_dataset
     from .training import (
         RNNAttentionTrainer,
         ScheduledSamplingCallback,
@@ -167,13 +167,19 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         if checkpoint is None:
             raise SystemExit(f"--resume: no checkpoint-* folder in {output_dir} to continue from.")
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    elif "path" in tokenizer_section:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_section.pop("path"))
+    elif "path" in tokenizer_section:  # a saved tokenizer folder, or a `tokenizers` JSON file (e.g. a shared BPE)
+        path = Path(tokenizer_section.pop("path"))
+        tokenizer = tokenizer_from_file(path) if path.suffix == ".json" else AutoTokenizer.from_pretrained(path)
     else:
         tokenizer = train_tokenizer_from_dataset(data["train"], **tokenizer_section)
     log(f"tokenizer: {len(tokenizer):,} pieces")
 
-    config = build_model_config(recipe.get("model"), tokenizer)
+    model_section = dict(recipe.get("model") or {})
+    if "label_smoothing_factor" in training_section:  # computed by the model: only at labelled positions
+        if "label_smoothing" in model_section:
+            raise SystemExit("Give label smoothing once: model.label_smoothing or training.label_smoothing_factor.")
+        model_section["label_smoothing"] = training_section.pop("label_smoothing_factor")
+    config = build_model_config(model_section, tokenizer)
     model = RNNAttentionForConditionalGeneration(config)
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
         f"({config.rnn_type}, attention={config.attention_type}, decoder_style={config.decoder_style})")  # fmt: skip

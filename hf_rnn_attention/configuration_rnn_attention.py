@@ -72,6 +72,9 @@ class RNNAttentionConfig(PretrainedConfig):
         teacher_forcing_ratio (`float`, defaults to 1.0): in training mode, the probability that a decoder
             step reads the gold previous token; otherwise it reads the model's own previous prediction
             (scheduled sampling, Bengio et al. 2015). A plain attribute: a callback may change it.
+        label_smoothing (`float`, defaults to 0.0): the loss mixes the one-hot target with a uniform
+            distribution over the vocabulary (Szegedy et al. 2016): (1 - ε) NLL + ε mean_v(-log p_v), as
+            `Seq2SeqTrainingArguments(label_smoothing_factor=ε)` does, but computed only at the labelled positions.
         init_std (`float`, defaults to 0.1): weights are initialised uniformly in [-init_std, init_std].
         pad_token_id, bos_token_id, eos_token_id, decoder_start_token_id (`int`, defaults 0/1/2/1).
     """
@@ -97,6 +100,7 @@ class RNNAttentionConfig(PretrainedConfig):
         dropout: float = 0.2,
         tie_word_embeddings: bool = True,
         teacher_forcing_ratio: float = 1.0,
+        label_smoothing: float = 0.0,
         init_std: float = 0.1,
         use_cache: bool = True,
         pad_token_id: int = 0,
@@ -120,6 +124,9 @@ class RNNAttentionConfig(PretrainedConfig):
         self.input_feeding = bool(input_feeding)
         self.dropout = _probability("dropout", dropout)
         self.teacher_forcing_ratio = _probability("teacher_forcing_ratio", teacher_forcing_ratio)
+        self.label_smoothing = _probability("label_smoothing", label_smoothing)
+        if self.label_smoothing == 1.0:
+            raise ValueError("RNNAttentionConfig: `label_smoothing` must be in [0, 1): 1 ignores the targets.")
         if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std <= 0:
             raise ValueError(f"RNNAttentionConfig: `init_std` must be a number > 0, got {init_std!r}.")
         self.init_std = float(init_std)

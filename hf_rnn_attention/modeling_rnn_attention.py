@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput
@@ -65,15 +65,28 @@ IGNORED_FORWARD_KWARGS = {
 def _check_kwargs(kwargs: dict) -> None:
     """Reject misspelled or unsupported arguments instead of silently ignoring them."""
     given = {name for name, value in kwargs.items() if value is not None}
-    unknown = sorted(given - IGNORED_FORWARD_KWARGS - {"decoder_attention_mask"})
+    unknown = sorted(given - IGNORED_FORWARD_KWARGS)
     if unknown:
         raise TypeError(f"forward() got unexpected argument(s) {unknown}.")
-    mask = kwargs.get("decoder_attention_mask")
-    if mask is not None and bool((mask[:, 1:].bool() & ~mask[:, :-1].bool()).any()):
+
+
+def _decoder_lengths(decoder_attention_mask: torch.Tensor | None, target_len: int) -> torch.Tensor | None:
+    """Lengths `(B,)` of a right-padded `decoder_attention_mask` `(B, T)`; None when there is none to use."""
+    if decoder_attention_mask is None or decoder_attention_mask.shape[-1] != target_len:
+        return None  # (with a cache, generate()'s mask also covers the tokens decoded before: nothing to skip)
+    mask = decoder_attention_mask.bool()
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
         raise ValueError(
             "`decoder_attention_mask` must be right-padded: the decoder RNN reads every position, so padding "
             "may only follow the last real token."
         )
+    return mask.sum(-1)
+
+
+def _labelled_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """Per row, 1 + the last position whose label is not -100: the decoder need not run past it. `(B,)`"""
+    positions = torch.arange(1, labels.shape[-1] + 1, device=labels.device)  # (T,)
+    return (labels.ne(-100) * positions).amax(-1)
 
 
 def _output_flags(config, output_attentions, output_hidden_states, return_dict):
@@ -423,15 +436,48 @@ class RNNAttentionDecoder(nn.Module):
         return DecoderOutput(attentional, weights, rnn_output, state, new_feed)
 
     def forward(
-        self, input_ids: torch.LongTensor, memory: Memory, state: tuple, input_feed: torch.Tensor | None = None
+        self,
+        input_ids: torch.LongTensor,
+        memory: Memory,
+        state: tuple,
+        input_feed: torch.Tensor | None = None,
+        lengths: torch.LongTensor | None = None,
     ) -> DecoderOutput:
-        """Teacher-forced decoding of `input_ids` `(B, T)` from `state`; the fast path when it applies."""
+        """Teacher-forced decoding of `input_ids` `(B, T)` from `state`; the fast path when it applies.
+
+        `lengths` `(B,)`, optional: decode only the first `lengths[b]` (≥ 1) positions of row b. Padding gets
+        no RNN step, no attention and no attentional vector (its outputs are 0), and `state` / `input_feed` are
+        each row's values after its own last step, as for a packed sequence."""
         embedded = self.embed(input_ids)  # (B, T, E)
+        if lengths is not None:
+            lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, embedded.shape[1])  # (B,) one sync
+            if bool((lengths == embedded.shape[1]).all()):
+                lengths = None  # no padding to skip
         if self.fast_path and self.can_run_parallel:
+            return self._forward_parallel(embedded, memory, state, lengths)
+        if lengths is None:
+            return self._forward_steps(embedded, memory, state, input_feed)
+        return self._forward_steps_shrinking(embedded, memory, state, input_feed, lengths)
+
+    def _forward_parallel(self, embedded, memory: Memory, state: tuple, lengths) -> DecoderOutput:
+        """Fast path: the RNN over all T steps in one call (packed when there is padding), then one batched
+        attention."""
+        if lengths is None:
             rnn_outputs, state = self._rnn(embedded, state)  # (B, T, H): one cuDNN/MKL call for all steps
             attentional, weights = self._attentional(rnn_outputs, memory)  # one batched attention
             return DecoderOutput(attentional, weights, rnn_outputs, state, None)
+        total = embedded.shape[1]
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        packed_outputs, state = self._rnn(packed, state)  # state: each row's state after its last step
+        rnn_outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=total)  # (B, T, H)
+        attentional, weights = self._attentional(rnn_outputs, memory)
+        real = (torch.arange(total) < lengths[:, None]).to(embedded.device).unsqueeze(-1)  # (B, T, 1)
+        attentional = attentional * real  # 0 at padding: nothing there was decoded
+        weights = weights * real if weights is not None else None
+        return DecoderOutput(attentional, weights, rnn_outputs, state, None)
 
+    def _forward_steps(self, embedded, memory: Memory, state: tuple, input_feed) -> DecoderOutput:
+        """Step by step over all T positions (the reference path; generate() feeds one position at a time)."""
         steps = []
         for t in range(embedded.shape[1]):
             steps.append(self.step(embedded[:, t : t + 1], memory, state, input_feed))
@@ -442,6 +488,48 @@ class RNNAttentionDecoder(nn.Module):
             rnn_outputs=torch.cat([s.rnn_outputs for s in steps], dim=1),  # (B, T, H)
             state=state,
             input_feed=input_feed,
+        )
+
+    def _forward_steps_shrinking(self, embedded, memory: Memory, state: tuple, input_feed, lengths) -> DecoderOutput:
+        """Step by step with no step for padding: rows sorted by length, step t runs only the n_t rows still
+        going (the batch shrinks as sentences end), and the outputs are laid out like a `PackedSequence`."""
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,) longest first
+        unorder = torch.empty_like(order)
+        unorder[order] = torch.arange(order.numel())
+        batch_sizes = torch.bincount(lengths - 1, minlength=int(lengths.max())).flip(0).cumsum(0).flip(0)  # (T',)
+        device_order = order.to(embedded.device)
+        embedded = embedded.index_select(0, device_order)  # (B, T, E) longest first
+        memory = Memory(*(tensor.index_select(0, device_order) for tensor in memory))
+        state = tuple(s.index_select(1, device_order) for s in state)
+        feed = input_feed.index_select(0, device_order) if input_feed is not None else None
+        steps, ended, active = [], [], embedded.shape[0]  # ended: (state, feed) of rows that have finished
+        for t, n in enumerate(batch_sizes.tolist()):
+            if n < active:  # rows n … active-1 ended at the previous step: keep their final state, drop them
+                ended.append((tuple(s[:, n:active] for s in state), feed[n:active] if feed is not None else None))
+                state = tuple(s[:, :n].contiguous() for s in state)
+                feed = feed[:n] if feed is not None else None
+                memory = Memory(*(tensor[:n] for tensor in memory))
+                active = n
+            steps.append(self.step(embedded[:n, t : t + 1], memory, state, feed))
+            state, feed = steps[-1].state, steps[-1].input_feed
+        ended.append((state, feed))
+        ended.reverse()  # longest rows first, as sorted
+        final_state = tuple(torch.cat([e[0][i] for e in ended], dim=1).index_select(1, unorder.to(s.device))
+                            for i, s in enumerate(state))  # fmt: skip
+        if feed is not None:
+            feed = torch.cat([e[1] for e in ended], dim=0).index_select(0, unorder.to(feed.device))
+
+        def unpack(name):  # per-step (n_t, 1, X) → (B, T, X) in the input order, 0 at padding
+            data = torch.cat([getattr(step, name).squeeze(1) for step in steps], dim=0)  # (N, X) time-major
+            packed = PackedSequence(data, batch_sizes, device_order, unorder.to(data.device))
+            return pad_packed_sequence(packed, batch_first=True, total_length=embedded.shape[1])[0]
+
+        return DecoderOutput(
+            attentional=unpack("attentional"),  # (B, T, H)
+            attentions=unpack("attentions") if self.has_attention else None,  # (B, T, S)
+            rnn_outputs=unpack("rnn_outputs"),  # (B, T, H)
+            state=final_state,
+            input_feed=feed,
         )
 
 
@@ -599,6 +687,7 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: RNNAttentionEncoderOutput | tuple | None = None,
         past_key_values: RNNAttentionCache | None = None,
         use_cache: bool | None = None,
@@ -612,6 +701,8 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             input_ids (`(B, S)`), attention_mask (`(B, S)`): the right-padded source.
             decoder_input_ids (`(B, T)`): decoder inputs, starting with `decoder_start_token_id`; with
                 `past_key_values`, only the new tokens.
+            decoder_attention_mask (`(B, T)`): right-padded; the decoder does not run over padding (no step, no
+                attention: outputs 0 there) and the returned state is each row's state after its last token.
             past_key_values ([`RNNAttentionCache`]): the state after the tokens already decoded; updated in place.
         Returns:
             `Seq2SeqModelOutput` with `last_hidden_state` `(B, T, H)` (the attentional vectors),
@@ -632,7 +723,8 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             cache = past_key_values
             encoder_outputs = self.encode(None, None, encoder_outputs) if encoder_outputs is not None else None
 
-        decoded = self.decoder(decoder_input_ids, cache.memory, cache.state, cache.input_feed)
+        lengths = _decoder_lengths(decoder_attention_mask, decoder_input_ids.shape[1])  # (B,) or None
+        decoded = self.decoder(decoder_input_ids, cache.memory, cache.state, cache.input_feed, lengths)
         if use_cache:
             cache.state, cache.input_feed = decoded.state, decoded.input_feed
             cache.seq_length += decoder_input_ids.shape[1]
@@ -729,6 +821,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: RNNAttentionEncoderOutput | tuple | None = None,
         past_key_values: RNNAttentionCache | None = None,
         labels: torch.LongTensor | None = None,
@@ -742,9 +835,13 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         Args:
             labels (`(B, T)`): target ids; -100 marks positions the loss ignores. Without `decoder_input_ids`
                 the decoder reads the labels shifted right behind `decoder_start_token_id` (teacher forcing).
+                Padding costs nothing: the decoder stops after each row's last labelled position (unless a
+                `decoder_attention_mask` says otherwise) and the output layer runs only where there is a label.
+            decoder_attention_mask (`(B, T)`): right-padded; see [`RNNAttentionModel.forward`].
         Returns:
-            `Seq2SeqLMOutput`: `loss` (mean cross-entropy over non-ignored positions), `logits` `(B, T, V)`,
-            `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
+            `Seq2SeqLMOutput`: `loss` (mean (label-smoothed, `config.label_smoothing`) cross-entropy over the
+            labelled positions), `logits` `(B, T, V)` (with `labels`: 0 where the label is -100, as nothing reads
+            them), `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
         """
         _check_kwargs(kwargs)
         output_attentions, output_hidden_states, return_dict = _output_flags(
@@ -754,6 +851,13 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             _check_token_ids("labels", labels.masked_fill(labels == -100, 0), self.config.vocab_size)
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if labels.shape != decoder_input_ids.shape:
+                raise ValueError(
+                    f"`labels` {tuple(labels.shape)} do not match the decoder inputs {tuple(decoder_input_ids.shape)}."
+                )
+            if decoder_attention_mask is None and past_key_values is None:  # decode no further than the labels
+                positions = torch.arange(labels.shape[1], device=labels.device)
+                decoder_attention_mask = positions < _labelled_lengths(labels).clamp(min=1)[:, None]  # (B, T)
         if decoder_input_ids is None:
             raise ValueError("Pass `labels` or `decoder_input_ids`.")
         if past_key_values is None or decoder_input_ids.shape[1] > 1:
@@ -764,11 +868,13 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         if self.training and self.teacher_forcing_ratio < 1.0 and decoder_input_ids.shape[1] > 1:
             outputs = self.scheduled_sampling_forward(input_ids, attention_mask, decoder_input_ids, encoder_outputs)
             logits = outputs.pop("logits")
+            loss = self._loss(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)) if labels is not None else None
         else:
             outputs = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
                 encoder_outputs=encoder_outputs,
                 past_key_values=past_key_values,
                 use_cache=use_cache,
@@ -776,19 +882,16 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
             )
-            logits = self.compute_logits(outputs.last_hidden_state)  # (B, T, V)
-
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"`labels` {tuple(labels.shape)} do not match the decoder inputs {tuple(logits.shape[:2])}."
-                )
-            labels = labels.to(logits.device)
-            flat_logits = logits.reshape(-1, logits.shape[-1])
-            flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))  # fp16/bf16 → fp32
-            token_losses = F.cross_entropy(flat_logits, labels.reshape(-1), ignore_index=-100, reduction="sum")
-            loss = token_losses / labels.ne(-100).sum().clamp(min=1)  # mean over real tokens; 0 if there are none
+            hidden = outputs.last_hidden_state  # (B, T, H)
+            if labels is None:
+                logits, loss = self.compute_logits(hidden), None  # (B, T, V)
+            else:  # the output layer and the loss only where there is a label: no output row for padding
+                labels = labels.to(hidden.device)
+                labelled = labels.ne(-100)  # (B, T)
+                token_logits = self.compute_logits(hidden[labelled])  # (N, V)
+                loss = self._loss(token_logits, labels[labelled])
+                logits = token_logits.new_zeros(*labels.shape, token_logits.shape[-1])  # (B, T, V)
+                logits[labelled] = token_logits
 
         result = Seq2SeqLMOutput(
             loss=loss,
@@ -800,6 +903,14 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             encoder_hidden_states=outputs.get("encoder_hidden_states"),
         )
         return result if return_dict else result.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean (label-smoothed) cross-entropy of `(N, V)` logits over the labels that are not -100 (0 if none)."""
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 → fp32
+        total = F.cross_entropy(
+            logits, labels, ignore_index=-100, reduction="sum", label_smoothing=self.config.label_smoothing
+        )
+        return total / labels.ne(-100).sum().clamp(min=1)
 
     def scheduled_sampling_forward(self, input_ids, attention_mask, decoder_input_ids, encoder_outputs) -> dict:
         """Scheduled sampling (Bengio et al. 2015): step t reads the gold token y_{t-1} with probability

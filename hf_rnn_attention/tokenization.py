@@ -53,6 +53,7 @@ __all__ = [
     "build_tokenizer",
     "main",
     "save_tokenizer",
+    "tokenizer_from_file",
     "train_tokenizer",
     "train_tokenizer_from_dataset",
 ]
@@ -165,6 +166,26 @@ def train_tokenizer(
         single=f"$A {EOS_TOKEN}",
         pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}",
         special_tokens=[(EOS_TOKEN, eos_id)],
+    )
+    return _wrap(tokenizer)
+
+
+def tokenizer_from_file(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """A ready tokenizer from a ``tokenizers`` JSON file trained elsewhere (e.g. a shared joint BPE): the special
+    tokens it lacks (``<pad> <s> </s> <unk>``) are added after its pieces and ``</s>`` is appended to every
+    sequence, as for a tokenizer trained here. The pieces and their ids are kept as they are."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist (expected a `tokenizers` JSON file).")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:
+        raise ValueError(f"{path} is not a `tokenizers` JSON file: {error}") from error
+    missing = [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is None]
+    tokenizer.add_special_tokens(missing)
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, eos_id)]
     )
     return _wrap(tokenizer)
 

@@ -32,9 +32,10 @@ def test_loss_is_mean_cross_entropy_over_non_ignored_labels():
     keep = labels.ne(-100)
     expected = F.cross_entropy(out.logits[keep], labels[keep])
     torch.testing.assert_close(out.loss, expected)
-    # the decoder inputs were the labels shifted right
+    # the decoder inputs were the labels shifted right; with labels, no logits where nothing is labelled
     again = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=shift_tokens_right(labels, 0, 1))
-    torch.testing.assert_close(again.logits, out.logits)
+    torch.testing.assert_close(again.logits[keep], out.logits[keep])
+    assert out.logits[~keep].abs().max() == 0
 
 
 def test_loss_with_every_label_ignored_is_zero_not_nan():
@@ -108,6 +109,70 @@ def test_fast_path_equals_step_path(variant, rnn_type):
     assert fast_grads.keys() == step_grads.keys()
     for name in fast_grads:
         torch.testing.assert_close(fast_grads[name], step_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_skipping_target_padding_gives_the_same_loss_and_gradients(variant, rnn_type, fast):
+    """With labels the decoder stops after each row's last label and the output layer runs only where there is
+    a label (the step path shrinks its batch, the fast path packs). Loss, labelled logits and every gradient
+    equal decoding every padded position (the reference), to 1e-5."""
+    config = tiny_config(rnn_type=rnn_type, decoder_layers=2, **variant_kwargs(*variant))
+    torch.manual_seed(0)
+    model = RNNAttentionForConditionalGeneration(config).train()  # dropout is 0: train mode is deterministic
+    model.model.decoder.fast_path = fast
+    input_ids, mask = random_batch(batch=5, source_len=7, lengths=[7, 3, 5, 6, 2])
+    labels = torch.randint(3, 40, (5, 7), generator=torch.Generator().manual_seed(5))
+    labels[0, 4:] = -100  # lengths 4, 7, 1, 5 and 7, with one ignored label inside a row
+    labels[2, 1:] = -100
+    labels[3, 5:] = -100
+    labels[4, 2] = -100
+    keep = labels.ne(-100)
+
+    def run(**padding):
+        model.zero_grad()
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels, **padding)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    skipping, skipping_grads = run()
+    everything, everything_grads = run(decoder_attention_mask=torch.ones_like(labels))  # decodes all positions
+    torch.testing.assert_close(skipping.loss, everything.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(skipping.logits[keep], everything.logits[keep], atol=1e-5, rtol=1e-5)
+    assert skipping.logits[~keep].abs().max() == 0
+    assert skipping_grads.keys() == everything_grads.keys()
+    for name in skipping_grads:
+        torch.testing.assert_close(skipping_grads[name], everything_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+@pytest.mark.parametrize("fast", [True, False])
+def test_decoder_attention_mask_returns_each_rows_state_after_its_last_token(variant, fast):
+    """As for a packed sequence: the state (and input feed) a padded batch returns equals decoding each row
+    alone up to its length; outputs at padding are 0."""
+    model = tiny_model(decoder_layers=2, **variant_kwargs(*variant))
+    model.model.decoder.fast_path = fast
+    input_ids, mask = random_batch(batch=4, source_len=6, lengths=[6, 4, 5, 2])
+    decoder_input_ids = torch.randint(3, 40, (4, 5), generator=torch.Generator().manual_seed(2))
+    lengths = [3, 5, 1, 4]
+    decoder_mask = (torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        batched = model.model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                              decoder_attention_mask=decoder_mask, use_cache=True, output_attentions=True)  # fmt: skip
+        assert batched.last_hidden_state[decoder_mask == 0].abs().max() == 0
+        if model.config.attention_type != "none":
+            assert batched.cross_attentions[0][decoder_mask == 0].abs().max() == 0
+        for row, length in enumerate(lengths):
+            alone = model.model(input_ids=input_ids[row : row + 1], attention_mask=mask[row : row + 1],
+                                decoder_input_ids=decoder_input_ids[row : row + 1, :length], use_cache=True)  # fmt: skip
+            torch.testing.assert_close(batched.last_hidden_state[row, :length], alone.last_hidden_state[0],
+                                       atol=1e-5, rtol=1e-5)  # fmt: skip
+            for ours, reference in zip(batched.past_key_values.state, alone.past_key_values.state, strict=True):
+                torch.testing.assert_close(ours[:, row], reference[:, 0], atol=1e-5, rtol=1e-5)
+            if model.config.input_feeding:
+                torch.testing.assert_close(batched.past_key_values.input_feed[row],
+                                           alone.past_key_values.input_feed[0], atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", [v for v in DECODER_VARIANTS if v[0] != "none"])
@@ -398,3 +463,23 @@ def test_output_flags_default_to_the_config():
     )
     model.config.return_dict = False
     assert isinstance(model(input_ids=input_ids, attention_mask=mask, labels=labels), tuple)
+
+
+def test_label_smoothing_equals_the_trainers_label_smoother():
+    """config.label_smoothing gives the loss `Seq2SeqTrainingArguments(label_smoothing_factor=ε)` computes."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    model = tiny_model(label_smoothing=0.1)
+    with torch.no_grad():
+        model.lm_head.bias[5] = 6.0  # a peaked distribution: smoothing makes a difference
+    input_ids, mask = random_batch()
+    labels = torch.randint(3, 40, (4, 5), generator=torch.Generator().manual_seed(7))
+    labels[1, 2:] = -100
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+    reference = LabelSmoother(epsilon=0.1)({"logits": out.logits}, labels)
+    torch.testing.assert_close(out.loss, reference)
+    model.config.label_smoothing = 0.0
+    plain = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    assert abs(float(out.loss - plain)) > 1e-2  # the smoothing term is there
+    with pytest.raises(ValueError, match="label_smoothing"):
+        tiny_config(label_smoothing=1.0)
