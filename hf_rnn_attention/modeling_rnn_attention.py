@@ -94,7 +94,7 @@ def _output_flags(config, output_attentions, output_hidden_states, return_dict):
     return (
         config.output_attentions if output_attentions is None else output_attentions,
         config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-        config.use_return_dict if return_dict is None else return_dict,
+        config.return_dict if return_dict is None else return_dict,
     )
 
 

@@ -366,3 +366,30 @@ def test_multi30k_bpe_8000_round_trip():
     decoded = tok.batch_decode(tok(sample)["input_ids"], skip_special_tokens=True)
     mismatches = [(s, d) for s, d in zip(sample, decoded, strict=True) if s != d]
     assert not mismatches, mismatches[:5]
+
+
+def test_tokenizer_from_file_adds_the_missing_special_tokens_and_keeps_the_pieces(tmp_path):
+    """A `tokenizers` JSON trained elsewhere (like the peers' bpe8k.json: BPE with only <unk>) becomes a ready
+    tokenizer: its pieces keep their ids, <pad> <s> </s> come after them, </s> ends every sequence."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from hf_rnn_attention.tokenization import tokenizer_from_file
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.train_from_iterator(TRAIN, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>"]))
+    path = tmp_path / "bpe.json"
+    raw.save(str(path))
+    tokenizer = tokenizer_from_file(path)
+    size = raw.get_vocab_size()
+    assert len(tokenizer) == size + 3
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (size, size + 1, size + 2)
+    assert tokenizer.unk_token_id == 0
+    ids = tokenizer(TRAIN[0])["input_ids"]
+    assert ids == raw.encode(TRAIN[0]).ids + [tokenizer.eos_token_id]
+    assert "token_type_ids" not in tokenizer(TRAIN[0])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tokenizer_from_file(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a `tokenizers` JSON"):
+        tokenizer_from_file(tmp_path / "bad.json")

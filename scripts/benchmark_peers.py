@@ -1,0 +1,185 @@
+"""This project on the peers' benchmark work (../shared/peers/README.md), and the report beside Joey NMT and
+OpenNMT-py. `scripts/benchmark_peers.sh` runs the whole sequence; this file holds its two Python steps.
+
+    python scripts/benchmark_peers.py decode MODEL_DIR --source test.raw.de --reference test.raw.en --num-beams 5
+        Decode like the peers (batch 64, at most 100 new tokens, no length penalty) and time only generation:
+        `translate` (the translate command's path: sorted by length, then generate()), generate() on batches
+        in corpus order, and for greedy a minimal hand-written loop over the same model (generate()'s overhead).
+    python scripts/benchmark_peers.py report --peers /tmp/peers --runs runs/benchmark_peers
+        Collect the peers' results.json and ours, print the Markdown tables with the ratios, write report.json.
+"""
+
+import argparse
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sacrebleu
+import torch
+from transformers import AutoTokenizer
+
+from hf_rnn_attention import RNNAttentionForConditionalGeneration
+from hf_rnn_attention.training import translate
+
+
+@torch.inference_mode()
+def handwritten_greedy(model, input_ids, attention_mask, max_new_tokens):
+    """The floor for generate(): encoder once, one decoder step and one output row per token, argmax."""
+    core = model.model
+    cache = core.start_decoding(core.encoder(input_ids, attention_mask), attention_mask)
+    tokens = torch.full((input_ids.shape[0], 1), model.config.decoder_start_token_id, dtype=torch.long)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    outputs = []
+    for _ in range(max_new_tokens):
+        decoded = core.decoder(tokens, cache.memory, cache.state, cache.input_feed)
+        cache.state, cache.input_feed = decoded.state, decoded.input_feed
+        tokens = model.compute_logits(decoded.attentional[:, -1]).argmax(-1, keepdim=True)  # (B, 1)
+        tokens = tokens.masked_fill(finished[:, None], model.config.pad_token_id)
+        outputs.append(tokens)
+        finished |= tokens.squeeze(1) == model.config.eos_token_id
+        if finished.all():
+            break
+    return torch.cat(outputs, dim=1)
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def decode(args) -> None:
+    model = RNNAttentionForConditionalGeneration.from_pretrained(args.model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    sources = Path(args.source).read_text(encoding="utf-8").splitlines()
+    references = Path(args.reference).read_text(encoding="utf-8").splitlines()
+    # length_penalty 0: hypotheses ranked by their summed log-probability, as the peers do ("no length penalty")
+    settings = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, length_penalty=0.0)
+    translate(model, tokenizer, sources[:64], batch_size=args.batch_size, **settings)  # warm-up, not timed
+    result = {"model_dir": str(args.model_dir), "num_beams": args.num_beams, "sentences": len(sources)}
+
+    hypotheses, seconds = timed(lambda: translate(model, tokenizer, sources, batch_size=args.batch_size, **settings))
+    result["sorted"] = {"seconds": round(seconds, 2), "sent_s": round(len(sources) / seconds, 1),
+                        "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)}  # fmt: skip
+    Path(args.model_dir, f"test_b{args.num_beams}.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+
+    batches = [tokenizer(sources[i : i + args.batch_size], padding=True, return_tensors="pt")
+               for i in range(0, len(sources), args.batch_size)]  # fmt: skip
+    max_length = args.max_new_tokens + 1  # as a length (decoder start token included), like translate()
+
+    def corpus_order():
+        with torch.inference_mode():
+            return [
+                model.generate(**batch, num_beams=args.num_beams, max_length=max_length, length_penalty=0.0)
+                for batch in batches
+            ]
+
+    _, seconds = timed(corpus_order)
+    result["corpus_order"] = {"seconds": round(seconds, 2), "sent_s": round(len(sources) / seconds, 1)}
+    if args.num_beams == 1:
+        loop = lambda: [handwritten_greedy(model, b["input_ids"], b["attention_mask"], args.max_new_tokens)  # noqa: E731
+                        for b in batches]  # fmt: skip
+        _, seconds = timed(loop)
+        result["handwritten_corpus_order"] = {"seconds": round(seconds, 2), "sent_s": round(len(sources) / seconds, 1)}
+        result["generate_overhead"] = round(result["corpus_order"]["seconds"] / seconds, 3)
+    print(json.dumps(result))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+
+
+def peak_rss_mb(path: Path) -> float | None:
+    if not path.exists():
+        return None
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", path.read_text())
+    return round(int(match.group(1)) / 1024) if match else None
+
+
+def cpu_flags() -> str:
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    wanted = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{model}; {', '.join(wanted) or 'no AVX2'}"
+
+
+def report(args) -> None:
+    peers = json.loads((Path(args.peers) / "results.json").read_text())
+    runs, logs = Path(args.runs), Path(args.runs) / "logs"
+    epoch_tokens = peers["epoch_target_tokens"]
+    ours = {}
+    for results_file in sorted(runs.glob("*/results.json")):
+        name = results_file.parent.name
+        results = json.loads(results_file.read_text())
+        entry = {"train_seconds": round(results["train_runtime_s"], 1),
+                 "train_tok_s": round(epoch_tokens / results["train_runtime_s"]),
+                 "train_peak_rss_mb": peak_rss_mb(logs / f"train_{name}.time"), "params": results["parameters"]}  # fmt: skip
+        for beams in (1, 5):
+            decoded = runs / name / f"decode_b{beams}.json"
+            if decoded.exists():
+                d = json.loads(decoded.read_text())
+                entry[f"b{beams}_sent_s"] = d["sorted"]["sent_s"]
+                entry[f"b{beams}_bleu"] = d["sorted"]["bleu"]
+                entry[f"b{beams}_generate_corpus_order_sent_s"] = d["corpus_order"]["sent_s"]
+                entry[f"b{beams}_peak_rss_mb"] = peak_rss_mb(logs / f"decode_{name}_b{beams}.time")
+                if "generate_overhead" in d:
+                    entry["handwritten_greedy_sent_s"] = d["handwritten_corpus_order"]["sent_s"]
+                    entry["generate_overhead"] = d["generate_overhead"]
+        ours[name] = entry
+    joey, onmt = peers["systems"].get("joey_bahdanau", {}), peers["systems"].get("onmt_mlp", {})
+
+    def ratio(value, reference, invert=False):
+        if value is None or not reference:
+            return "–"
+        return f"{(reference / value if invert else value / reference):.2f}×"
+
+    lines = [f"date: {datetime.now(timezone.utc):%Y-%m-%d}; machine: {cpu_flags()}; 2 threads",
+             f"ceiling: {json.dumps(peers.get('ceiling', {}))}", "",
+             "| system | train tok/s | ×Joey | ×ONMT | greedy sent/s | ×Joey | ×ONMT | beam-5 sent/s | ×Joey | ×ONMT "
+             "| BLEU greedy / beam 5 | train RSS MB | decode RSS MB (b1/b5) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [("Joey NMT 2.3 (bahdanau)", joey), ("OpenNMT-py 3.5.1 (mlp)", onmt)] + list(ours.items())
+    for name, e in rows:
+        lines.append(
+            f"| {name} | {e.get('train_tok_s', '–')} | {ratio(e.get('train_tok_s'), joey.get('train_tok_s'))} "
+            f"| {ratio(e.get('train_tok_s'), onmt.get('train_tok_s'))} | {e.get('b1_sent_s', '–')} "
+            f"| {ratio(e.get('b1_sent_s'), joey.get('b1_sent_s'))} | {ratio(e.get('b1_sent_s'), onmt.get('b1_sent_s'))} "
+            f"| {e.get('b5_sent_s', '–')} | {ratio(e.get('b5_sent_s'), joey.get('b5_sent_s'))} "
+            f"| {ratio(e.get('b5_sent_s'), onmt.get('b5_sent_s'))} | {e.get('b1_bleu', '–')} / {e.get('b5_bleu', '–')} "
+            f"| {e.get('train_peak_rss_mb', '–')} | {e.get('b1_peak_rss_mb', '–')} / {e.get('b5_peak_rss_mb', '–')} |"
+        )
+    lines += ["", "| ours | generate() greedy, corpus order | hand-written greedy loop | generate() / loop |",
+              "|---|---|---|---|"]  # fmt: skip
+    for name, e in ours.items():
+        if "generate_overhead" in e:
+            lines.append(f"| {name} | {e['b1_generate_corpus_order_sent_s']} sent/s | {e['handwritten_greedy_sent_s']} "
+                         f"sent/s | {e['generate_overhead']:.2f}× |")  # fmt: skip
+    print("\n".join(lines))
+    (runs / "report.json").write_text(json.dumps({"peers": peers, "ours": ours}, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    d = commands.add_parser("decode")
+    d.add_argument("model_dir")
+    d.add_argument("--source", required=True)
+    d.add_argument("--reference", required=True)
+    d.add_argument("--num-beams", type=int, default=1)
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--max-new-tokens", type=int, default=100)
+    d.add_argument("--output")
+    r = commands.add_parser("report")
+    r.add_argument("--peers", default="/tmp/peers")
+    r.add_argument("--runs", default="runs/benchmark_peers")
+    args = parser.parse_args()
+    decode(args) if args.command == "decode" else report(args)
+
+
+if __name__ == "__main__":
+    main()

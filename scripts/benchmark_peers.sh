@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue 7's side-by-side benchmark, in one run on one machine: the peers (Joey NMT 2.3, OpenNMT-py 3.5.1; set up
+# and run by ../shared/peers/run_peers.sh), then this project on the same work (configs/peers_work.yaml), then
+# the report with the ratios (runs/benchmark_peers/report.md). About 70 minutes on 2 cores; run it in the
+# background on an otherwise idle machine:
+#   nohup bash scripts/benchmark_peers.sh > runs/benchmark_peers.log 2>&1 &
+#   bash scripts/benchmark_peers.sh ours report      # only some steps: peers ours extras report
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PEERS=${PEERS:-/tmp/peers} OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+SHARED=${SHARED:-$(cd .. && pwd)/shared}
+OUT=${OUT:-runs/benchmark_peers}
+BIN=${BIN:-.venv/bin}
+mkdir -p "$OUT/logs"
+
+timed() {  # timed NAME cmd...: /usr/bin/time -v into logs/NAME.time, output into logs/NAME.log
+  local name=$1; shift
+  echo "[$(date -u +%FT%TZ)] start $name" | tee -a "$OUT/logs/sequence.log"
+  /usr/bin/time -v -o "$OUT/logs/$name.time" "$@" > "$OUT/logs/$name.log" 2>&1
+  echo "[$(date -u +%FT%TZ)] end   $name" | tee -a "$OUT/logs/sequence.log"
+}
+
+train() {  # train NAME --set ...
+  local name=$1; shift
+  timed "train_$name" "$BIN/hf-rnn-attention" train --config configs/peers_work.yaml --overwrite \
+      --set "training.output_dir=$OUT/$name" "$@" \
+      --set "data.files.train={source: $PEERS/data/train.raw.de, target: $PEERS/data/train.raw.en}" \
+      --set "data.files.validation={source: $PEERS/data/val.raw.de, target: $PEERS/data/val.raw.en}" \
+      --set "data.files.test={source: $PEERS/data/test.raw.de, target: $PEERS/data/test.raw.en}" \
+      --set "tokenizer.path=$PEERS/data/bpe8k.json"
+}
+
+decode() {  # decode NAME: greedy and beam 5 on test_2016_flickr, each a fresh process
+  for b in 1 5; do
+    timed "decode_$1_b$b" "$BIN/python" scripts/benchmark_peers.py decode "$OUT/$1" --num-beams "$b" \
+        --source "$PEERS/data/test.raw.de" --reference "$PEERS/data/test.raw.en" --output "$OUT/$1/decode_b$b.json"
+  done
+}
+
+peers() { bash "$SHARED/peers/run_peers.sh" setup data ceiling joey onmt_mlp collect; }
+
+ours() {
+  for preset in bahdanau luong; do
+    train "$preset" --set "model.preset=$preset"
+    decode "$preset"
+  done
+}
+
+extras() {  # length-grouped batches (the project's default) and bf16 autocast (only where the CPU has AVX-512 BF16)
+  for preset in bahdanau luong; do
+    train "${preset}_grouped" --set "model.preset=$preset" --set training.group_by_length=true
+  done
+  if grep -q avx512_bf16 /proc/cpuinfo; then
+    train bahdanau_bf16 --set model.preset=bahdanau --set training.bf16=true --set training.use_cpu=true
+    decode bahdanau_bf16
+  else
+    echo "no AVX-512 BF16 on this CPU: bf16 skipped (it would be far slower than fp32)" | tee -a "$OUT/logs/sequence.log"
+  fi
+}
+
+report() { "$BIN/python" scripts/benchmark_peers.py report --peers "$PEERS" --runs "$OUT" | tee "$OUT/report.md"; }
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(peers ours extras report)
+for s in "${steps[@]}"; do
+  case $s in
+    peers|ours|extras|report) $s ;;
+    *) echo "unknown step $s (allowed: peers ours extras report)" >&2; exit 2 ;;
+  esac
+done
