@@ -552,6 +552,13 @@ class RNNAttentionCache:
         self.state = state  # (h,) or (h, c), each (L, B, H)
         self.input_feed = input_feed  # (B, H) or None
         self.seq_length = 0  # decoder tokens consumed so far
+        self._running: tuple[torch.Tensor, Memory] | None = None  # rows still decoding and their memory
+
+    def running_memory(self, rows: torch.LongTensor) -> Memory:
+        """The memory of the sentences in `rows` (those still being decoded), kept until the rows change."""
+        if self._running is None or not torch.equal(self._running[0], rows):
+            self._running = (rows, Memory(*(tensor.index_select(0, rows) for tensor in self.memory)))
+        return self._running[1]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seq_length
@@ -561,6 +568,7 @@ class RNNAttentionCache:
         self.state = tuple(s.index_select(1, beam_idx.to(s.device)) for s in self.state)
         if self.input_feed is not None:
             self.input_feed = self.input_feed.index_select(0, beam_idx.to(self.input_feed.device))
+        self._running = None
 
     def __repr__(self) -> str:
         batch, source_len = self.memory.values.shape[:2]
@@ -865,6 +873,16 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         if use_cache is None:  # a cache that is passed in is always advanced
             use_cache = past_key_values is not None or (self.config.use_cache and labels is None and not self.training)
 
+        if use_cache and past_key_values is not None and labels is None and decoder_input_ids.shape[1] == 1:
+            # a sentence whose input is its EOS, or the padding generate() feeds after it, has finished:
+            # decode only the sentences still running
+            ended = (self.config.pad_token_id, self.config.eos_token_id)
+            token = decoder_input_ids[:, 0]
+            running = token.ne(ended[0]) & token.ne(ended[1])  # (B,)
+            if self.config.decoder_start_token_id not in ended and not bool(running.all()):
+                return self._step_running_rows(decoder_input_ids, past_key_values, running, output_attentions,
+                                               output_hidden_states, return_dict)  # fmt: skip
+
         if self.training and self.teacher_forcing_ratio < 1.0 and decoder_input_ids.shape[1] > 1:
             outputs = self.scheduled_sampling_forward(input_ids, attention_mask, decoder_input_ids, encoder_outputs)
             logits = outputs.pop("logits")
@@ -901,6 +919,37 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             cross_attentions=outputs.get("cross_attentions") if output_attentions else None,
             encoder_last_hidden_state=outputs.get("encoder_last_hidden_state"),
             encoder_hidden_states=outputs.get("encoder_hidden_states"),
+        )
+        return result if return_dict else result.to_tuple()
+
+    def _step_running_rows(self, decoder_input_ids, cache, running, output_attentions, output_hidden_states,
+                           return_dict):  # fmt: skip
+        """One cached decoding step for the sentences still running (`running` `(B,)`), as Joey NMT and
+        OpenNMT-py drop finished sentences: a finished one gets no decoder step and no output row, its state
+        stays, and its logits (and attention) are 0. generate() gives it padding whatever its logits: greedy
+        decoding and sampling give exactly the outputs of decoding every row; beam search never runs a beam
+        past its EOS."""
+        rows = running.nonzero().squeeze(1)  # (R,)
+        batch_size = decoder_input_ids.shape[0]
+        state = tuple(s.index_select(1, rows) for s in cache.state)  # (L, R, H) each
+        feed = cache.input_feed.index_select(0, rows) if cache.input_feed is not None else None  # (R, H)
+        decoded = self.model.decoder(decoder_input_ids.index_select(0, rows), cache.running_memory(rows), state, feed)
+        cache.state = tuple(s.index_copy(1, rows, new) for s, new in zip(cache.state, decoded.state, strict=True))
+        if feed is not None:
+            cache.input_feed = cache.input_feed.index_copy(0, rows, decoded.input_feed)
+        cache.seq_length += 1
+
+        def scatter(rows_tensor):  # (R, 1, X) → (B, 1, X), 0 for the finished sentences
+            full = rows_tensor.new_zeros(batch_size, *rows_tensor.shape[1:])
+            return full.index_copy(0, rows, rows_tensor)
+
+        attentions = decoded.attentions if output_attentions else None
+        result = Seq2SeqLMOutput(
+            logits=scatter(self.compute_logits(decoded.attentional)),  # (B, 1, V)
+            past_key_values=cache,
+            decoder_hidden_states=(scatter(decoded.rnn_outputs),) if output_hidden_states else None,
+            cross_attentions=(scatter(attentions),) if attentions is not None else None,
+            encoder_last_hidden_state=cache.memory.values,
         )
         return result if return_dict else result.to_tuple()
 

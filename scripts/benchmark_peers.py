@@ -26,22 +26,31 @@ from hf_rnn_attention.training import translate
 
 @torch.inference_mode()
 def handwritten_greedy(model, input_ids, attention_mask, max_new_tokens):
-    """The floor for generate(): encoder once, one decoder step and one output row per token, argmax."""
+    """The floor for generate(): encoder once, then per token one decoder step and one output row for each
+    sentence still running (finished ones are dropped, as Joey NMT and OpenNMT-py do), argmax."""
     core = model.model
     cache = core.start_decoding(core.encoder(input_ids, attention_mask), attention_mask)
-    tokens = torch.full((input_ids.shape[0], 1), model.config.decoder_start_token_id, dtype=torch.long)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-    outputs = []
-    for _ in range(max_new_tokens):
-        decoded = core.decoder(tokens, cache.memory, cache.state, cache.input_feed)
-        cache.state, cache.input_feed = decoded.state, decoded.input_feed
-        tokens = model.compute_logits(decoded.attentional[:, -1]).argmax(-1, keepdim=True)  # (B, 1)
-        tokens = tokens.masked_fill(finished[:, None], model.config.pad_token_id)
-        outputs.append(tokens)
-        finished |= tokens.squeeze(1) == model.config.eos_token_id
-        if finished.all():
-            break
-    return torch.cat(outputs, dim=1)
+    memory, state, feed = cache.memory, cache.state, cache.input_feed
+    batch_size, eos = input_ids.shape[0], model.config.eos_token_id
+    outputs = torch.full((batch_size, max_new_tokens), model.config.pad_token_id, dtype=torch.long)
+    rows = torch.arange(batch_size)  # the sentences still running
+    tokens = torch.full((batch_size, 1), model.config.decoder_start_token_id, dtype=torch.long)
+    for t in range(max_new_tokens):
+        decoded = core.decoder(tokens, memory, state, feed)
+        tokens = model.compute_logits(decoded.attentional[:, -1]).argmax(-1, keepdim=True)  # (R, 1)
+        outputs[rows, t] = tokens.squeeze(1)
+        going = tokens.squeeze(1) != eos
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            rows, tokens = rows[keep], tokens[keep]
+            memory = type(memory)(*(tensor.index_select(0, keep) for tensor in memory))
+            state = tuple(s.index_select(1, keep) for s in decoded.state)
+            feed = decoded.input_feed.index_select(0, keep) if decoded.input_feed is not None else None
+        else:
+            state, feed = decoded.state, decoded.input_feed
+    return outputs
 
 
 def timed(function):
@@ -132,6 +141,8 @@ def report(args) -> None:
                     entry["generate_overhead"] = d["generate_overhead"]
         ours[name] = entry
     joey, onmt = peers["systems"].get("joey_bahdanau", {}), peers["systems"].get("onmt_mlp", {})
+    if "train_tok_s" not in onmt and "train_tok_s_approx" in onmt:  # OpenNMT-py: from its last step line
+        onmt = {**onmt, "train_tok_s": onmt["train_tok_s_approx"]}
 
     def ratio(value, reference, invert=False):
         if value is None or not reference:

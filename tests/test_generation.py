@@ -13,8 +13,10 @@ MODES = {
 }
 
 
-def generate(model, mode, use_cache, **extra):
+def generate(model, mode, use_cache, batch=3, **extra):
     input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    if batch != 3:
+        input_ids, mask = random_batch(batch=batch, source_len=7, lengths=[7, 4, 6, 5, 7, 3, 6, 2][:batch], seed=6)
     torch.manual_seed(123)  # sampling draws the same numbers in both runs
     return model.generate(
         input_ids,
@@ -44,8 +46,43 @@ def test_cached_generate_equals_full_recomputation(mode, variant):
     cached = generate(model, mode, use_cache=True)
     full = generate(model, mode, use_cache=False)
     assert cached.sequences.tolist() == full.sequences.tolist()
-    for a, b in zip(cached.scores, full.scores, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert_running_scores_equal(cached, full, model.config.eos_token_id)
+
+
+def assert_running_scores_equal(cached, full, eos):
+    """Step by step, the scores of every sequence still running are equal (a finished sequence gets no
+    decoder step in cached greedy decoding and sampling, so its scores are not computed there)."""
+    finished = torch.zeros(cached.sequences.shape[0], dtype=torch.bool)
+    for step, (a, b) in enumerate(zip(cached.scores, full.scores, strict=True)):
+        if a.shape[0] != finished.shape[0]:  # beam search: scores per beam, and no beam runs past its EOS
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            continue
+        torch.testing.assert_close(a[~finished], b[~finished], atol=1e-5, rtol=1e-5)
+        finished |= cached.sequences[:, step + 1] == eos
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample"])
+@pytest.mark.parametrize("variant", DECODER_VARIANTS[2:])
+def test_finished_sentences_get_no_decoder_step(mode, variant):
+    """As Joey NMT and OpenNMT-py do: once a sentence has emitted EOS, cached decoding runs the decoder and the
+    output layer only for the sentences still running; the outputs equal full recomputation."""
+    model = tiny_model(seed=7, init_std=0.5, attention_type=variant[0], decoder_style=variant[1],
+                       input_feeding=variant[2])  # fmt: skip
+    eos = model.config.eos_token_id  # a sentence runs up to and including the step that emits its EOS
+    for bias in torch.arange(1.0, -3.0, -0.25).tolist():  # an EOS bias with which sentences end at different steps
+        with torch.no_grad():
+            model.lm_head.bias[eos] = bias
+        full = generate(model, mode, use_cache=False, batch=8)
+        lengths = [row.index(eos) + 1 if eos in row else len(row) for row in full.sequences[:, 1:].tolist()]
+        if min(lengths) < max(lengths) - 1:
+            break
+    assert min(lengths) < max(lengths) - 1, lengths  # some sentences finished early
+    rows = []
+    model.model.decoder.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    cached = generate(model, mode, use_cache=True, batch=8)
+    assert cached.sequences.tolist() == full.sequences.tolist()
+    assert_running_scores_equal(cached, full, eos)
+    assert rows == [sum(length > step for length in lengths) for step in range(len(rows))]  # only running rows
 
 
 def test_beam_cache_test_fails_when_reorder_cache_does_nothing(monkeypatch):
