@@ -252,7 +252,7 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .data import load_data
-    from .training import text_metrics, translate
+    from .inference import text_metrics, translate
 
     model, tokenizer = load_trained(args.model_dir)
     if args.source:
@@ -271,7 +271,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_translate(args) -> None:
-    from .training import translate
+    from .inference import translate
 
     model, tokenizer = load_trained(args.model_dir)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
@@ -308,7 +308,7 @@ def cmd_tokenizer(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .training import translate
+    from .inference import translate
     from .visualization import greedy_attention, plot_attention
 
     recipe = apply_overrides(load_recipe("date"), args.set)

@@ -1,5 +1,5 @@
 """Training the Hugging Face way: scheduled-sampling schedules and their TrainerCallback, metrics for
-`compute_metrics`, dataset tokenization, in-order batched translation, and the `Seq2SeqTrainer` set-up.
+`compute_metrics`, dataset tokenization and the `Seq2SeqTrainer` set-up (translation and metrics: inference.py).
 
 Teacher forcing feeds the gold previous token to each decoder step; at test time the model reads its
 own predictions, a mismatch called exposure bias. Scheduled sampling (Bengio et al. 2015) anneals the
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import sacrebleu
-import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from .inference import text_metrics, translate  # noqa: F401  (their home is inference.py; kept importable here)
 
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 UNITS = ("epoch", "step")
@@ -145,20 +145,6 @@ class RNNAttentionTrainer(Seq2SeqTrainer):
 # ─────────────────────────────────────────────── Metrics ────────────────────────────────────────────────
 
 
-def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """sacreBLEU (13a, cased, detokenized), lowercased BLEU, chrF and exact match (in %)."""
-    predictions, references = list(predictions), list(references)
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
-    exact = 100.0 * sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True))
-    return {
-        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
-        "bleu_lowercase": sacrebleu.corpus_bleu(predictions, [references], lowercase=True).score,
-        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
-        "exact_match": exact / max(1, len(predictions)),
-    }
-
-
 def build_compute_metrics(tokenizer) -> Callable:
     """`compute_metrics` for `Seq2SeqTrainer(predict_with_generate=True)`: decodes predictions and labels
     (the Trainer pads both with -100, which is replaced by the pad id before decoding)."""
@@ -191,33 +177,3 @@ def tokenize_dataset(dataset, tokenizer, max_source_length: int = 128, max_targe
         return encoded
 
     return dataset.map(encode, batched=True, remove_columns=["source", "target"], desc="Tokenizing")
-
-
-@torch.inference_mode()
-def translate(
-    model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_source_length: int = 256, **generate_kwargs
-) -> list[str]:
-    """Generate for every text, in input order. Texts are sorted by length into batches (less padding),
-    then the outputs are put back in the original order."""
-    texts = list(texts)
-    if generate_kwargs.get("num_return_sequences", 1) != 1:
-        raise ValueError("translate() returns one output per text: num_return_sequences must be 1.")
-    if "max_new_tokens" in generate_kwargs and "max_length" in generate_kwargs:
-        raise ValueError("Pass max_new_tokens or max_length, not both.")
-    if "max_new_tokens" in generate_kwargs:  # as a length (decoder start token included), like generation_config's
-        generate_kwargs["max_length"] = generate_kwargs.pop("max_new_tokens") + 1
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    outputs: list[str | None] = [None] * len(texts)
-    device = next(model.parameters()).device
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_source_length, return_tensors="pt"
-        ).to(device)
-        generated = model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
-        )
-        for row, text in zip(rows, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            outputs[row] = text.strip()
-    return outputs

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from hf_rnn_attention import RNNAttentionForConditionalGeneration
-from hf_rnn_attention.training import translate
+from hf_rnn_attention.inference import translate
 
 
 @torch.inference_mode()
