@@ -82,9 +82,9 @@ def test_evaluate_command_reports_metrics(demo_dir, capsys):
 
 
 def test_scheduled_sampling_through_the_trainer_and_resume(tmp_path):
-    """With label smoothing the Trainer pops `labels`: decoder inputs come from the collator, and scheduled
-    sampling still runs (it keys on training mode). The logged ratio follows the schedule per epoch, and
-    a resumed run continues with the ratio it had."""
+    """Scheduled sampling through the Trainer: the logged ratio follows the schedule per epoch, and a resumed
+    run continues with the ratio it had. The recipe's `label_smoothing_factor` moves into the model's loss
+    (the Trainer's smoother would pop the labels, and with them the skipping of target padding)."""
     from hf_rnn_attention.cli import run_training
 
     overrides = [
@@ -97,6 +97,8 @@ def test_scheduled_sampling_through_the_trainer_and_resume(tmp_path):
     ]  # fmt: skip
     recipe = apply_overrides(load_recipe("date"), [*overrides, "training.num_train_epochs=2"])
     trainer, _ = run_training(recipe)
+    assert trainer.model.config.label_smoothing == 0.1 and trainer.args.label_smoothing_factor == 0.0
+    assert trainer.label_smoother is None
     logged = {int(entry["epoch"] - 1e-9): entry["teacher_forcing_ratio"]
               for entry in trainer.state.log_history if "teacher_forcing_ratio" in entry}  # fmt: skip
     assert logged == {0: 1.0, 1: 0.5}

@@ -126,3 +126,32 @@ def test_translate_returns_outputs_in_input_order():
     together = translate(model, tokenizer, texts, batch_size=2, max_new_tokens=6)
     one_by_one = [translate(model, tokenizer, [text], batch_size=1, max_new_tokens=6)[0] for text in texts]
     assert together == one_by_one
+
+
+def test_training_arguments_give_length_grouping_under_either_spelling_on_this_transformers():
+    """Recipes say `group_by_length: true` (transformers 4.57) or `train_sampling_strategy: group_by_length`
+    (5.x); both must turn length-grouped batches on, whichever version runs them."""
+    import dataclasses
+
+    from transformers import Seq2SeqTrainingArguments
+
+    from hf_rnn_attention.training import training_arguments
+
+    v5 = "train_sampling_strategy" in {field.name for field in dataclasses.fields(Seq2SeqTrainingArguments)}
+
+    def grouped(args):
+        return args.train_sampling_strategy == "group_by_length" if v5 else args.group_by_length is True
+
+    for spelling in ({"group_by_length": True}, {"train_sampling_strategy": "group_by_length"}):
+        assert grouped(training_arguments(output_dir="unused", report_to="none", **spelling)), spelling
+    for spelling in ({"group_by_length": False}, {"train_sampling_strategy": "random"}, {}):
+        assert not grouped(training_arguments(output_dir="unused", report_to="none", **spelling)), spelling
+    with pytest.raises(ValueError, match="not both"):
+        training_arguments(output_dir="unused", group_by_length=True, train_sampling_strategy="random")
+    with pytest.raises(ValueError, match="true or false"):
+        training_arguments(output_dir="unused", group_by_length="yes")
+    with pytest.raises(ValueError, match="Unknown training settings"):
+        training_arguments(output_dir="unused", learning_rat=1e-3)
+    if not v5:
+        with pytest.raises(ValueError, match="needs transformers 5"):
+            training_arguments(output_dir="unused", train_sampling_strategy="batch_rebalance")
