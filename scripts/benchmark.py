@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from benchmark_peers import handwritten_greedy  # the same floor in both benchmarks (scripts/ is on sys.path)
 
 from hf_rnn_attention import RNNAttentionConfig, RNNAttentionForConditionalGeneration
 
@@ -80,27 +81,6 @@ def bench_training(preset, fast_path, args):
         steps += 1
     elapsed = time.perf_counter() - start
     return {"target_tokens_per_s": tokens / elapsed, "steps": steps, "seconds": elapsed}
-
-
-@torch.inference_mode()
-def handwritten_greedy(model, input_ids, attention_mask, max_new_tokens):
-    """The floor: encoder once, then one decoder step and one output layer per token, argmax, stop at EOS."""
-    core = model.model
-    encoder_outputs = core.encoder(input_ids, attention_mask)
-    cache = core.start_decoding(encoder_outputs, attention_mask)
-    tokens = torch.full((input_ids.shape[0], 1), model.config.decoder_start_token_id, dtype=torch.long)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-    outputs = []
-    for _ in range(max_new_tokens):
-        decoded = core.decoder(tokens, cache.memory, cache.state, cache.input_feed)
-        cache.state, cache.input_feed = decoded.state, decoded.input_feed
-        tokens = model.compute_logits(decoded.attentional[:, -1]).argmax(-1, keepdim=True)  # (B, 1)
-        tokens = tokens.masked_fill(finished[:, None], model.config.pad_token_id)
-        outputs.append(tokens)
-        finished |= tokens.squeeze(1) == model.config.eos_token_id
-        if finished.all():
-            break
-    return torch.cat(outputs, dim=1)
 
 
 def bench_decoding(preset, mode, args):
