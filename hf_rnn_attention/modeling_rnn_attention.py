@@ -850,6 +850,8 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             `Seq2SeqLMOutput`: `loss` (mean (label-smoothed, `config.label_smoothing`) cross-entropy over the
             labelled positions), `logits` `(B, T, V)` (with `labels`: 0 where the label is -100, as nothing reads
             them), `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
+            One cached step (`past_key_values`, T = 1) decodes only the sentences still running: a row whose
+            input is EOS or padding (what generate() feeds after EOS) keeps its state and gets logits 0.
         """
         _check_kwargs(kwargs)
         output_attentions, output_hidden_states, return_dict = _output_flags(
