@@ -22,6 +22,7 @@ M = encoder output size (2 x encoder hidden size when bidirectional), L = decode
 Only torch and transformers are imported absolutely, so that a saved folder loads as Hub remote code.
 """
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -570,6 +571,11 @@ class RNNAttentionCache:
             self.input_feed = self.input_feed.index_select(0, beam_idx.to(self.input_feed.device))
         self._running = None
 
+    def keep_rows(self, rows: torch.LongTensor) -> None:
+        """In place: keep only the rows `rows` (memory included), as beam search drops the sentences it has finished."""
+        self.memory = Memory(*(tensor.index_select(0, rows) for tensor in self.memory))
+        self.reorder_cache(rows)
+
     def __repr__(self) -> str:
         batch, source_len = self.memory.values.shape[:2]
         return f"RNNAttentionCache(batch={batch}, source_len={source_len}, seq_length={self.seq_length})"
@@ -954,6 +960,148 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             encoder_last_hidden_state=cache.memory.values,
         )
         return result if return_dict else result.to_tuple()
+
+    # Logits processors and stopping criteria that look at each row on its own, so that they give the same answer
+    # when beam search decodes only some of the sentences (by class name: both transformers 4.57 and 5.x).
+    _ROW_WISE_PROCESSORS = frozenset({
+        "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor", "NoRepeatNGramLogitsProcessor",
+        "RepetitionPenaltyLogitsProcessor", "ForcedBOSTokenLogitsProcessor", "ForcedEOSTokenLogitsProcessor",
+        "InfNanRemoveLogitsProcessor", "SuppressTokensLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor",
+        "SequenceBiasLogitsProcessor", "NoBadWordsLogitsProcessor", "ExponentialDecayLengthPenalty",
+        "LogitNormalization",
+    })  # fmt: skip
+    _ROW_WISE_CRITERIA = frozenset({"MaxLengthCriteria", "EosTokenCriteria", "MaxTimeCriteria", "StopStringCriteria"})
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                     **model_kwargs):  # fmt: skip
+        """Beam search that drops each sentence as soon as its hypotheses are final, as Joey NMT and OpenNMT-py do.
+
+        transformers' loop decodes every beam of every sentence until the last sentence of the batch is done. This
+        one runs the same algorithm through transformers' own per-sentence steps (top 2K continuations, the K best
+        running beams, the K best finished hypotheses with the length penalty, the early-stopping test), so it gives
+        the same sequences, but a sentence whose early-stopping test has passed (its hypotheses can no longer
+        change) leaves the batch: no more decoder steps, output rows or top-k for it.
+
+        `input_ids` `(B·K, P)`: the decoder prompt of each beam; returns the `(B·num_return_sequences, ≤ max_length)`
+        sequences. Whatever this loop does not do goes to `GenerationMixin._beam_search`: beam sampling,
+        `return_dict_in_generate` (scores, attentions, beam indices), `synced_gpus`, `use_cache=False`, other model
+        inputs, and logits processors or stopping criteria that are not row by row.
+        """
+        cfg = generation_config
+        model_inputs = {"encoder_outputs", "attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
+        if (
+            synced_gpus
+            or cfg.do_sample
+            or cfg.return_dict_in_generate
+            or cfg.low_memory
+            or not model_kwargs.get("use_cache", True)
+            or model_kwargs.get("encoder_outputs") is None
+            or any(value is not None for key, value in model_kwargs.items() if key not in model_inputs)
+            or any(type(p).__name__ not in self._ROW_WISE_PROCESSORS for p in logits_processor)
+            or any(type(c).__name__ not in self._ROW_WISE_CRITERIA for c in stopping_criteria)
+        ):
+            return super()._beam_search(
+                input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs
+            )
+        num_beams, prompt_len, max_length = cfg.num_beams, input_ids.shape[1], cfg.max_length
+        batch_size, device = input_ids.shape[0] // num_beams, input_ids.device
+        eos, pad = cfg._eos_token_tensor, cfg._pad_token_tensor
+        beams_to_keep = max(2, 1 + (eos.shape[0] if eos is not None else 0)) * num_beams  # 2K candidates per sentence
+        top_num_beam_mask = torch.arange(beams_to_keep, device=device) < num_beams  # (2K,)
+        fill = (pad or eos[0]) if eos is not None else -1  # transformers' padding of finished hypotheses
+        top_k_extra = {}  # transformers 4.57 also takes the vocabulary size
+        if "vocab_size" in inspect.signature(self._get_top_k_continuations).parameters:
+            top_k_extra["vocab_size"] = self.config.vocab_size
+
+        # per active sentence (A of them; all B at first): K running beams and the K best finished hypotheses
+        running = torch.full((batch_size, num_beams, max_length), fill, dtype=torch.long, device=device)  # (A, K, L)
+        running[:, :, :prompt_len] = input_ids.view(batch_size, num_beams, prompt_len)
+        finished = running.clone()  # (A, K, L)
+        running_scores = torch.zeros(batch_size, num_beams, device=device)  # (A, K) summed log-probabilities
+        running_scores[:, 1:] = -1e9  # only the first beam's continuations at the first step
+        finished_scores = torch.full((batch_size, num_beams), -1e9, device=device)  # (A, K) length-penalised
+        running_origins = torch.full((batch_size, num_beams, max_length - prompt_len), -1, dtype=torch.int32,
+                                     device=device)  # (A, K, L - P) the row each token came from  # fmt: skip
+        finished_origins = running_origins.clone()
+        is_sent_finished = torch.zeros(batch_size, num_beams, dtype=torch.bool, device=device)  # (A, K)
+        can_improve = torch.ones(batch_size, 1, dtype=torch.bool, device=device)  # (A, 1) early-stopping test
+        sentences = torch.arange(batch_size, device=device)  # (A,) each active sentence's place in the batch
+        done_sequences, done_lengths = finished.clone(), torch.zeros(batch_size, num_beams, dtype=torch.long,
+                                                                     device=device)  # fmt: skip
+
+        outputs = self(
+            attention_mask=model_kwargs.get("attention_mask"),
+            encoder_outputs=model_kwargs["encoder_outputs"],
+            decoder_input_ids=input_ids,
+            use_cache=True,
+            return_dict=True,
+        )
+        cache, cur_len = outputs.past_key_values, prompt_len
+        while True:
+            active = sentences.shape[0]
+            log_probs = F.log_softmax(outputs.logits[:, -1, :].float(), dim=-1)  # (A·K, V)
+            log_probs = logits_processor(running[:, :, :cur_len].reshape(active * num_beams, cur_len), log_probs)
+            log_probs = (log_probs.view(active, num_beams, -1) + running_scores[:, :, None]).view(active, -1)
+            topk_scores, topk_sequences, topk_origins = self._get_top_k_continuations(
+                accumulated_log_probs=log_probs, running_sequences=running, running_beam_indices=running_origins,
+                cur_len=cur_len, decoder_prompt_len=prompt_len, do_sample=False, beams_to_keep=beams_to_keep,
+                num_beams=num_beams, batch_size=active, **top_k_extra,
+            )  # fmt: skip  # (A, 2K), (A, 2K, L), (A, 2K, L - P)
+            hits_stop = stopping_criteria(
+                topk_sequences[:, :, : cur_len + 1].reshape(active * beams_to_keep, -1), None
+            ).view(active, beams_to_keep)  # (A, 2K) EOS or the length limit
+            running, running_scores, running_origins = self._get_running_beams_for_next_iteration(
+                topk_log_probs=topk_scores, topk_running_sequences=topk_sequences,
+                topk_running_beam_indices=topk_origins, next_token_hits_stopping_criteria=hits_stop,
+                num_beams=num_beams,
+            )  # fmt: skip
+            finished, finished_scores, finished_origins, is_sent_finished = self._update_finished_beams(
+                sequences=finished, topk_running_sequences=topk_sequences, beam_scores=finished_scores,
+                topk_log_probs=topk_scores, beam_indices=finished_origins, topk_running_beam_indices=topk_origins,
+                is_early_stop_heuristic_unsatisfied=can_improve, is_sent_finished=is_sent_finished,
+                next_token_hits_stopping_criteria=hits_stop, top_num_beam_mask=top_num_beam_mask,
+                num_beams=num_beams, cur_len=cur_len, decoder_prompt_len=prompt_len,
+                length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
+            )  # fmt: skip
+            beam_rows = running_origins[:, :, cur_len - prompt_len].reshape(-1).long()  # (A·K) rows they extend
+            cur_len += 1
+            can_improve = self._check_early_stop_heuristic(
+                is_early_stop_heuristic_unsatisfied=can_improve, running_beam_scores=running_scores,
+                beam_scores=finished_scores, is_sent_finished=is_sent_finished, cur_len=cur_len,
+                max_length=max_length, decoder_prompt_len=prompt_len, early_stopping=cfg.early_stopping,
+                length_penalty=cfg.length_penalty,
+            )  # fmt: skip
+            # a sentence is final when no running beam can beat its finished hypotheses (or, with
+            # early_stopping=True, when it has K of them); all are when every continuation hit a stopping criterion
+            final = ~can_improve[:, 0]
+            if cfg.early_stopping is True:
+                final |= is_sent_finished.all(dim=1)
+            if bool(hits_stop.all()):
+                final[:] = True
+            cache.reorder_cache(beam_rows)  # each running beam continues from the state it extends
+            if bool(final.any()):
+                done = final.nonzero().squeeze(1)
+                done_sequences[sentences[done]] = finished[done]
+                done_lengths[sentences[done]] = finished_origins[done].ge(0).sum(-1).long()
+                keep = (~final).nonzero().squeeze(1)  # (A',)
+                if keep.numel() == 0:
+                    break
+                sentences, running, finished = sentences[keep], running[keep], finished[keep]
+                running_scores, finished_scores = running_scores[keep], finished_scores[keep]
+                running_origins, finished_origins = running_origins[keep], finished_origins[keep]
+                is_sent_finished, can_improve = is_sent_finished[keep], can_improve[keep]
+                cache.keep_rows((keep[:, None] * num_beams + torch.arange(num_beams, device=device)).view(-1))
+            outputs = self(
+                decoder_input_ids=running[:, :, cur_len - 1].reshape(-1, 1),
+                past_key_values=cache,
+                use_cache=True,
+                return_dict=True,
+            )
+
+        num_return = cfg.num_return_sequences
+        lengths = done_lengths[:, :num_return].reshape(-1)  # (B·R,) tokens generated, EOS included
+        sequences = done_sequences[:, :num_return].reshape(batch_size * num_return, max_length)
+        return sequences[:, : prompt_len + int(lengths.max())]
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean (label-smoothed) cross-entropy of `(N, V)` logits over the labels that are not -100 (0 if none)."""

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import DECODER_VARIANTS, random_batch, tiny_model
+from transformers import GenerationMixin
 
 from hf_rnn_attention import RNNAttentionCache
 
@@ -222,3 +223,102 @@ def test_cached_beam_search_for_every_bridge_and_cell(bridge, rnn_type):
     full = generate(model, "beam", use_cache=False)
     assert cached.sequences.tolist() == full.sequences.tolist()
     torch.testing.assert_close(cached.sequences_scores, full.sequences_scores, atol=1e-5, rtol=1e-5)
+
+
+# ── beam search that drops finished sentences ──────────────────────────────────────────────────────────────
+
+BEAM_SETTINGS = [  # (num_beams, length_penalty, early_stopping, num_return_sequences, max_new_tokens, extra)
+    (4, 1.0, False, 1, 20, {}),
+    (4, -0.7, "never", 2, 20, {}),
+    (2, 1.0, True, 2, 20, {}),
+    (3, 0.0, False, 1, 20, {"no_repeat_ngram_size": 2, "min_new_tokens": 3}),
+    (4, 1.0, False, 1, 4, {}),  # every sentence stops at the length limit
+    (4, 1.0, False, 3, 20, {"repetition_penalty": 1.3, "bad_words_ids": [[5]]}),
+]
+
+
+def transformers_beam_search(model, *args, **kwargs):
+    """generate() through GenerationMixin's own beam search loop: the reference."""
+    original = type(model)._beam_search
+    type(model)._beam_search = GenerationMixin._beam_search
+    try:
+        return model.generate(*args, **kwargs)
+    finally:
+        type(model)._beam_search = original
+
+
+def beam_batch():
+    return random_batch(batch=8, source_len=7, lengths=[7, 4, 6, 5, 7, 3, 6, 2], seed=6)
+
+
+def beam_model():
+    """A tiny model with which the sentences of `beam_batch()` end at different steps in beam search."""
+    model = tiny_model(seed=7, init_std=0.5, attention_type="general", input_feeding=True)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = 0.4
+    return model
+
+
+@pytest.mark.parametrize(
+    "variant", [("general", "luong", True), ("additive", "bahdanau", False), ("dot", "luong", False)]
+)
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_beam_search_drops_finished_sentences_and_equals_transformers_loop(variant, rnn_type):
+    """The model's beam search gives transformers' sequences for every length penalty, early-stopping mode,
+    number of returned sequences and row-wise logits processor, while decoding fewer rows: a sentence whose
+    hypotheses are final leaves the batch."""
+    model = tiny_model(seed=7, init_std=0.5, attention_type=variant[0], decoder_style=variant[1],
+                       input_feeding=variant[2], rnn_type=rnn_type)  # fmt: skip
+    input_ids, mask = beam_batch()
+    rows = []
+    model.model.decoder.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    ours_rows = reference_rows = shrank = 0
+    for eos_bias in (0.0, 0.2, 0.4):  # sentences end at different steps at some of these
+        with torch.no_grad():
+            model.lm_head.bias[model.config.eos_token_id] = eos_bias
+        for beams, length_penalty, early_stopping, returned, new_tokens, extra in BEAM_SETTINGS:
+            settings = dict(attention_mask=mask, num_beams=beams, length_penalty=length_penalty,
+                            max_new_tokens=new_tokens, early_stopping=early_stopping,
+                            num_return_sequences=returned, **extra)  # fmt: skip
+            rows.clear()
+            ours = model.generate(input_ids, **settings)
+            ours_rows += sum(rows)
+            shrank += len(set(rows)) > 1  # sentences left the batch
+            rows.clear()
+            reference = transformers_beam_search(model, input_ids, **settings)
+            reference_rows += sum(rows)
+            assert ours.tolist() == reference.tolist(), (eos_bias, settings)
+    assert shrank >= 3 and ours_rows < 0.95 * reference_rows, (shrank, ours_rows, reference_rows)
+
+
+def test_beam_search_falls_back_to_transformers_for_what_it_does_not_do():
+    """Per-step outputs (`return_dict_in_generate`), a batch-aware logits processor and `use_cache=False` go
+    through transformers' loop; the sequences are the same as the model's loop gives."""
+    model = beam_model()
+    input_ids, mask = beam_batch()
+    settings = dict(attention_mask=mask, num_beams=4, max_new_tokens=20)
+    ours = model.generate(input_ids, **settings)
+    with_scores = model.generate(input_ids, return_dict_in_generate=True, output_scores=True, **settings)
+    assert with_scores.sequences.tolist() == ours.tolist()
+    assert with_scores.sequences_scores.shape == (8,)
+    uncached = model.generate(input_ids, use_cache=False, **settings)
+    assert uncached.tolist() == ours.tolist()
+
+    allowed = lambda batch_id, prefix: list(range(3, 40)) if batch_id % 2 else list(range(2, 20))  # noqa: E731
+    constrained = model.generate(input_ids, prefix_allowed_tokens_fn=allowed, **settings)
+    assert constrained.tolist() == transformers_beam_search(model, input_ids, prefix_allowed_tokens_fn=allowed,
+                                                            **settings).tolist()  # fmt: skip
+    assert constrained.tolist() != ours.tolist()
+
+
+def test_beam_search_test_fails_when_finished_sentences_keep_the_wrong_state(monkeypatch):
+    """The equality above depends on dropping the right rows: keeping the first rows instead breaks it."""
+    model = beam_model()
+    input_ids, mask = beam_batch()
+    settings = dict(attention_mask=mask, num_beams=4, max_new_tokens=20)
+    reference = transformers_beam_search(model, input_ids, **settings)
+    assert model.generate(input_ids, **settings).tolist() == reference.tolist()
+    keep_rows = RNNAttentionCache.keep_rows
+    monkeypatch.setattr(RNNAttentionCache, "keep_rows",
+                        lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
+    assert model.generate(input_ids, **settings).tolist() != reference.tolist()
