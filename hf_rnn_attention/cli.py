@@ -94,6 +94,10 @@ def build_model_config(model_section: dict, tokenizer):
 
     section = dict(model_section or {})
     preset = section.pop("preset", "luong")
+    known = set(RNNAttentionConfig().to_dict())
+    unknown = sorted(set(section) - known)
+    if unknown:  # PretrainedConfig would keep a misspelt setting as an unused attribute
+        raise ValueError(f"Unknown model setting(s) {unknown}; allowed: preset and {sorted(known)}.")
     settings = json.loads(resolve_config_path(preset, (".json",)).read_text())
     settings.pop("model_type", None)
     settings.update(section)

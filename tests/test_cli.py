@@ -3,6 +3,7 @@
 import io
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,34 @@ def test_the_date_heatmap_shows_the_expected_alignment(demo_dir):
         year_outputs = [j for j, token in enumerate(target) if token.isdigit()][:4]
         masses.append(sum(attention[j][i] for j in year_outputs for i in year) / len(year_outputs))
     assert sorted(masses)[len(masses) // 2] >= 0.75, masses
+
+
+@pytest.mark.parametrize("recipe_path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda path: path.stem)  # fmt: skip
+def test_every_shipped_recipe_builds_its_training_arguments_and_model_config(recipe_path, tmp_path):
+    """A recipe in configs/ with a misspelt or conflicting setting fails here, not after its data has loaded."""
+    from hf_rnn_attention.cli import build_model_config
+    from hf_rnn_attention.training import training_arguments
+
+    class Vocabulary:  # what build_model_config reads from a tokenizer
+        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+        def __len__(self):
+            return 100
+
+    recipe = load_recipe(recipe_path)
+    training = dict(recipe.get("training") or {}, output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    model_section = dict(recipe.get("model") or {})
+    if "label_smoothing_factor" in training:  # as run_training moves it
+        model_section["label_smoothing"] = training.pop("label_smoothing_factor")
+    args = training_arguments(**training)
+    assert args.num_train_epochs > 0 and args.per_device_train_batch_size > 0
+    config = build_model_config(model_section, Vocabulary())
+    assert config.vocab_size == 100 and config.decoder_start_token_id == 1
+
+
+def test_a_misspelt_model_setting_is_refused():
+    from hf_rnn_attention.cli import build_model_config
+
+    with pytest.raises(ValueError, match=r"Unknown model setting\(s\) \['dropuot'\]"):
+        build_model_config({"preset": "luong", "dropuot": 0.2}, tokenizer=None)
