@@ -1040,6 +1040,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         while True:
             active = sentences.shape[0]
             log_probs = F.log_softmax(outputs.logits[:, -1, :].float(), dim=-1)  # (A·K, V)
+            del outputs  # no (A·K, V) tensor of this step stays alive into the next step's forward
             log_probs = logits_processor(running[:, :, :cur_len].reshape(active * num_beams, cur_len), log_probs)
             log_probs = (log_probs.view(active, num_beams, -1) + running_scores[:, :, None]).view(active, -1)
             topk_scores, topk_sequences, topk_origins = self._get_top_k_continuations(
@@ -1047,6 +1048,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 cur_len=cur_len, decoder_prompt_len=prompt_len, do_sample=False, beams_to_keep=beams_to_keep,
                 num_beams=num_beams, batch_size=active, **top_k_extra,
             )  # fmt: skip  # (A, 2K), (A, 2K, L), (A, 2K, L - P)
+            del log_probs
             hits_stop = stopping_criteria(
                 topk_sequences[:, :, : cur_len + 1].reshape(active * beams_to_keep, -1), None
             ).view(active, beams_to_keep)  # (A, 2K) EOS or the length limit
