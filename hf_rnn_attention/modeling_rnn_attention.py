@@ -107,6 +107,131 @@ def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
         )
 
 
+# ────────────────────────────────── Packed LSTM, fused for the CPU ──────────────────────────────────
+
+
+class PackedLSTMRecurrence(torch.autograd.Function):
+    """One direction of one LSTM layer over a packed batch, with a written-out backward.
+
+        i, f, g, o = σ, σ, tanh, σ of (x_t + W_hh h_{t-1});   c_t = f ⊙ c_{t-1} + i ⊙ g;   h_t = o ⊙ tanh(c_t)
+
+    x_t = W_ih input_t + b is computed by the caller for all positions in one product. On the CPU PyTorch runs a
+    packed LSTM one time step at a time through autograd: every step records its operations, and its backward
+    fills a zero tensor the size of the whole input for each step's slice and adds a full W_hh gradient. Here the
+    forward runs unrecorded into packed buffers and the backward gives W_hh's gradient as one product over all
+    steps. Rows are sorted longest first (a `PackedSequence`'s layout); the reverse direction starts each row
+    at its own last token, as PyTorch's does.
+    """
+
+    @staticmethod
+    def forward(ctx, input_gates, h0, c0, w_hh, batch_sizes, reverse):
+        """input_gates `(N, 4H)` packed; h0, c0 `(B, H)`; w_hh `(4H, H)`; batch_sizes (list of int, n_0 = B).
+        Returns the packed states `(N, H)` and each row's last state h, c `(B, H)`."""
+        size, total = w_hh.shape[1], input_gates.shape[0]
+        new = input_gates.new_empty
+        states, cells, tanh_cells = new(total, size), new(total, size), new(total, size)
+        previous_h, previous_c = new(total, size), new(total, size)  # each step's h_{t-1}, c_{t-1}
+        gates = new(total, 4 * size)  # i, f, g, o after their nonlinearities
+        h, c = h0.clone(), c0.clone()  # (B, H): rows not yet (reverse) or no longer (forward) running keep theirs
+        offsets = _offsets(batch_sizes)
+        for t in reversed(range(len(batch_sizes))) if reverse else range(len(batch_sizes)):
+            n, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
+            previous_h[rows], previous_c[rows] = h[:n], c[:n]
+            g = torch.addmm(input_gates[rows], h[:n], w_hh.t(), out=gates[rows])  # (n, 4H)
+            g[:, : 2 * size].sigmoid_()  # i, f
+            g[:, 2 * size : 3 * size].tanh_()  # g
+            g[:, 3 * size :].sigmoid_()  # o
+            i, f, cand, o = g.chunk(4, dim=1)
+            c_t = torch.mul(f, previous_c[rows], out=cells[rows]).addcmul_(i, cand)
+            h_t = torch.mul(o, torch.tanh(c_t, out=tanh_cells[rows]), out=states[rows])
+            h[:n], c[:n] = h_t, c_t
+        ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
+        ctx.save_for_backward(w_hh, tanh_cells, gates, previous_h, previous_c)
+        return states, h, c
+
+    @staticmethod
+    def backward(ctx, grad_states, grad_h_last, grad_c_last):
+        w_hh, tanh_cells, gates, previous_h, previous_c = ctx.saved_tensors
+        batch_sizes, size = ctx.batch_sizes, w_hh.shape[1]
+        batch = batch_sizes[0]
+        grad_h = grad_h_last.clone() if grad_h_last is not None else w_hh.new_zeros(batch, size)  # carries (B, H)
+        grad_c = grad_c_last.clone() if grad_c_last is not None else w_hh.new_zeros(batch, size)
+        grad_gates = torch.empty_like(gates)  # (N, 4H) w.r.t. the pre-activations
+        offsets = _offsets(batch_sizes)
+        for t in range(len(batch_sizes)) if ctx.reverse else reversed(range(len(batch_sizes))):
+            n, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
+            i, f, cand, o = gates[rows].chunk(4, dim=1)
+            tanh_c = tanh_cells[rows]
+            grad_s = grad_h[:n] if grad_states is None else grad_states[rows] + grad_h[:n]  # ∂L/∂h_t: (n, H)
+            grad_m = grad_c[:n] + grad_s * o * (1 - tanh_c * tanh_c)  # ∂L/∂c_t
+            gi, gf, gg, go = grad_gates[rows].chunk(4, dim=1)
+            torch.mul(grad_m * cand, i * (1 - i), out=gi)
+            torch.mul(grad_m * previous_c[rows], f * (1 - f), out=gf)
+            torch.mul(grad_m * i, 1 - cand * cand, out=gg)
+            torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
+            grad_c[:n] = grad_m * f
+            grad_h[:n] = grad_gates[rows] @ w_hh  # ∂L/∂h_{t-1}
+        return grad_gates, grad_h, grad_c, grad_gates.t() @ previous_h, None, None
+
+
+def _offsets(batch_sizes: list[int]) -> list[int]:
+    """Where each time step's rows start in a packed tensor."""
+    offsets = [0]
+    for n in batch_sizes[:-1]:
+        offsets.append(offsets[-1] + n)
+    return offsets
+
+
+def packed_lstm(lstm: nn.LSTM, packed: PackedSequence, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """`lstm(packed, state)` through [`PackedLSTMRecurrence`], with the same parameters and the same result
+    (dropout between layers included). `state`: (h0, c0), each `(layers · directions, B, H)` in the input order.
+    Returns the packed outputs and (h, c) like `nn.LSTM`. Each layer's input projection for both directions
+    and all time steps is one product."""
+    directions = 2 if lstm.bidirectional else 1
+    data, batch_sizes = packed.data, packed.batch_sizes.tolist()
+    batch, size = batch_sizes[0], lstm.hidden_size
+    if state is None:
+        state = (data.new_zeros(lstm.num_layers * directions, batch, size),) * 2
+    elif packed.sorted_indices is not None:
+        state = tuple(s.index_select(1, packed.sorted_indices) for s in state)
+    last_h, last_c = [], []
+    for layer in range(lstm.num_layers):
+        suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
+        w_ih = torch.cat([getattr(lstm, "weight_ih" + s) for s in suffixes])  # (D·4H, input)
+        bias = torch.cat([getattr(lstm, "bias_ih" + s) + getattr(lstm, "bias_hh" + s) for s in suffixes])
+        input_gates = F.linear(data, w_ih, bias).split(4 * size, dim=1)  # D × (N, 4H)
+        outputs = []
+        for d, suffix in enumerate(suffixes):
+            index = layer * directions + d
+            states, h, c = PackedLSTMRecurrence.apply(input_gates[d], state[0][index], state[1][index],
+                                                      getattr(lstm, "weight_hh" + suffix), batch_sizes, d == 1)  # fmt: skip
+            outputs.append(states)
+            last_h.append(h)
+            last_c.append(c)
+        data = torch.cat(outputs, dim=1) if directions == 2 else outputs[0]  # (N, D·H)
+        if layer + 1 < lstm.num_layers and lstm.dropout > 0:
+            data = F.dropout(data, lstm.dropout, lstm.training)
+    final = tuple(torch.stack(s) for s in (last_h, last_c))  # (layers · directions, B, H), sorted order
+    if packed.unsorted_indices is not None:
+        final = tuple(s.index_select(1, packed.unsorted_indices) for s in final)
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), final
+
+
+FUSED_LSTM_MIN_SIZE = 256  # hidden size from which packed_lstm trains faster than PyTorch's packed LSTM (CPU)
+
+
+def run_packed(rnn: nn.Module, packed: PackedSequence, state=None):
+    """`rnn(packed, state)`, through [`packed_lstm`] for an LSTM of hidden size ≥ `FUSED_LSTM_MIN_SIZE` that trains
+    on the CPU outside autocast. cuDNN, GRUs, inference (where PyTorch's forward is the faster) and small layers
+    (the built-in demo's 64 units trained faster through PyTorch's own, measured) keep PyTorch's own."""
+    data = packed.data
+    on_cpu = data.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+    fits = isinstance(rnn, nn.LSTM) and rnn.hidden_size >= FUSED_LSTM_MIN_SIZE and rnn.proj_size == 0 and rnn.bias
+    if fits and on_cpu:
+        return packed_lstm(rnn, packed, state)
+    return rnn(packed, state)
+
+
 # ─────────────────────────────────────────────── Encoder ───────────────────────────────────────────────
 
 
@@ -183,7 +308,7 @@ class RNNAttentionEncoder(nn.Module):
 
         embedded = self.dropout(self.embed_tokens(input_ids))  # (B, S, E)
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_outputs, final = self.rnn(packed)
+        packed_outputs, final = run_packed(self.rnn, packed)  # final: (layers · directions, B, H_enc)
         outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=source_len)  # (B, S, M)
 
         directions = 2 if self.config.bidirectional else 1
@@ -347,6 +472,142 @@ class Attention(nn.Module):
         return context, weights
 
 
+# ─────────────────────────────── Bahdanau recurrence, fused for training ───────────────────────────────
+
+
+class FusedBahdanauRecurrence(torch.autograd.Function):
+    """The teacher-forced Bahdanau-order loop (additive score, one LSTM layer) with a written-out backward.
+
+    Step t runs the n_t sentences still going (rows sorted longest first, laid out like a `PackedSequence`):
+
+        a_t = softmax(v_aᵀ tanh(W_a s_{t-1} + U_a h̄) + mask)          Bahdanau et al. (2015), A.1.2
+        c_t = Σ_s a_t(s) h̄_s                                             the context
+        i, f, g, o = σ, σ, tanh, σ of (x_t + W_ic c_t + W_hh s_{t-1})     x_t = W_ie y_{t-1} + b, given
+        m_t = f ⊙ m_{t-1} + i ⊙ g;   s_t = o ⊙ tanh(m_t)
+
+    Why it exists: through autograd the same loop records some twenty operations per step and writes full
+    weight gradients at every step. Here the forward runs unrecorded into preallocated packed buffers, the
+    backward (backpropagation through time) is written out, and the gradients of W_hh, W_a, W_ic, v_a, the
+    keys and the values are each one product over all steps. The caller hoists the embedding's share of the
+    input projection (x_t) out of the loop. `test_fast_path_equals_step_path` checks the loss and every
+    gradient against the step-by-step loop.
+    """
+
+    @staticmethod
+    def forward(ctx, input_gates, h0, c0, keys, values, mask_bias, w_context, w_hh, w_query, energy, batch_sizes):
+        """
+        Args:
+            input_gates (`(N, 4H)`): x_t for every real position, packed time-major (N = Σ_t n_t).
+            h0, c0 (`(B, H)`): the initial state. keys (`(B, S, A)`), values (`(B, S, M)`), mask_bias (`(B, S)`).
+            w_context (`(4H, M)`): W_ic; w_hh (`(4H, H)`); w_query (`(A, H)`): W_a; energy (`(A,)`): v_a.
+            batch_sizes (list of int): n_t, non-increasing, n_0 = B.
+        Returns:
+            packed states s_t (`(N, H)`), contexts c_t (`(N, M)`) and weights a_t (`(N, S)`); each row's
+            state after its last step, s and m (`(B, H)` each).
+        """
+        size, total = w_hh.shape[1], input_gates.shape[0]
+        w_recurrent = torch.cat([w_hh, w_query], dim=0)  # (4H + A, H): W_hh s and W_a s in one product
+        new = input_gates.new_empty
+        states, cells, tanh_cells = new(total, size), new(total, size), new(total, size)  # s_t, m_t, tanh(m_t)
+        gates = new(total, 4 * size)  # i, f, g, o after their nonlinearities
+        contexts, weights = new(total, values.shape[2]), new(total, keys.shape[1])
+        hidden = new(total, keys.shape[1], keys.shape[2])  # tanh(W_a s_{t-1} + U_a h̄): (N, S, A)
+        h_last, c_last = h0.clone(), c0.clone()
+        h, c, offset = h0, c0, 0
+        for t, n in enumerate(batch_sizes):
+            rows = slice(offset, offset + n)
+            recurrent = h[:n] @ w_recurrent.t()  # (n, 4H + A)
+            tanh_t = torch.add(keys[:n], recurrent[:, None, 4 * size :], out=hidden[rows]).tanh_()  # (n, S, A)
+            scores = torch.matmul(tanh_t, energy).add_(mask_bias[:n])  # (n, S)
+            a = weights[rows]  # (n, S)
+            a.copy_(torch.softmax(scores, dim=-1))
+            context = contexts[rows]  # (n, M)
+            torch.bmm(a.unsqueeze(1), values[:n], out=context.unsqueeze(1))  # (n, 1, S) x (n, S, M)
+            g = torch.addmm(input_gates[rows], context, w_context.t(), out=gates[rows])  # (n, 4H)
+            g.add_(recurrent[:, : 4 * size])
+            g[:, : 2 * size].sigmoid_()  # i, f
+            g[:, 2 * size : 3 * size].tanh_()  # g
+            g[:, 3 * size :].sigmoid_()  # o
+            i, f, cand, o = g.chunk(4, dim=1)  # (n, H) each
+            c = torch.mul(f, c[:n], out=cells[rows]).addcmul_(i, cand)  # m_t
+            h = torch.mul(o, torch.tanh(c, out=tanh_cells[rows]), out=states[rows])  # s_t
+            ending = batch_sizes[t + 1] if t + 1 < len(batch_sizes) else 0  # rows ending..n-1 end here
+            h_last[ending:n], c_last[ending:n] = h[ending:], c[ending:]
+            offset += n
+        ctx.batch_sizes = batch_sizes
+        ctx.save_for_backward(h0, c0, keys, values, w_context, w_recurrent, energy,
+                              states, cells, tanh_cells, gates, contexts, weights, hidden)  # fmt: skip
+        return states, contexts, weights, h_last, c_last
+
+    @staticmethod
+    def backward(ctx, grad_states, grad_contexts, grad_weights, grad_h_last, grad_c_last):
+        (h0, c0, keys, values, w_context, w_recurrent, energy,
+         states, cells, tanh_cells, gates, contexts, weights, hidden) = ctx.saved_tensors  # fmt: skip
+        batch_sizes = ctx.batch_sizes
+        size, total = h0.shape[1], states.shape[0]
+
+        def zeros_if_none(grad, like):
+            return torch.zeros_like(like) if grad is None else grad
+
+        grad_states = zeros_if_none(grad_states, states)
+        grad_contexts = zeros_if_none(grad_contexts, contexts)
+        # the carries: ∂L/∂s_t and ∂L/∂m_t from the steps after t; a row's last state starts its carry
+        grad_h = zeros_if_none(grad_h_last, h0).clone()  # (B, H)
+        grad_c = zeros_if_none(grad_c_last, c0).clone()  # (B, H)
+        grad_recurrent = states.new_empty(total, w_recurrent.shape[0])  # (N, 4H + A): ∂L/∂gates, ∂L/∂(W_a s)
+        grad_context_total = torch.empty_like(contexts)  # (N, M)
+        grad_scores = torch.empty_like(weights)  # (N, S)
+        grad_keys = torch.zeros_like(keys)  # (B, S, A)
+        offsets = _offsets(batch_sizes)
+        for t in reversed(range(len(batch_sizes))):
+            n, offset = batch_sizes[t], offsets[t]
+            rows = slice(offset, offset + n)
+            c_prev = c0[:n] if t == 0 else cells[offsets[t - 1] : offsets[t - 1] + n]  # m_{t-1}: (n, H)
+            i, f, cand, o = gates[rows].chunk(4, dim=1)
+            tanh_c = tanh_cells[rows]
+            grad_s = grad_states[rows] + grad_h[:n]  # (n, H)
+            grad_m = grad_c[:n] + grad_s * o * (1 - tanh_c * tanh_c)  # (n, H)
+            grad_g = grad_recurrent[rows, : 4 * size]  # (n, 4H) w.r.t. the pre-activations
+            gi, gf, gg, go = grad_g.chunk(4, dim=1)
+            torch.mul(grad_m * cand, i * (1 - i), out=gi)
+            torch.mul(grad_m * c_prev, f * (1 - f), out=gf)
+            torch.mul(grad_m * i, 1 - cand * cand, out=gg)
+            torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
+            grad_c[:n] = grad_m * f
+            grad_context = torch.addmm(grad_contexts[rows], grad_g, w_context, out=grad_context_total[rows])
+            a = weights[rows]  # (n, S)
+            grad_a = torch.bmm(values[:n], grad_context.unsqueeze(2)).squeeze(2)  # (n, S, M) x (n, M, 1) → (n, S)
+            if grad_weights is not None:
+                grad_a = grad_a + grad_weights[rows]
+            grad_e = grad_scores[rows]
+            torch.mul(a, grad_a - (grad_a * a).sum(dim=1, keepdim=True), out=grad_e)  # softmax backward
+            tanh_t = hidden[rows]  # (n, S, A)
+            grad_pre = (1 - tanh_t * tanh_t).mul_(grad_e.unsqueeze(2) * energy)  # (n, S, A)
+            grad_keys[:n] += grad_pre
+            torch.sum(grad_pre, dim=1, out=grad_recurrent[rows, 4 * size :])  # ∂L/∂(W_a s_{t-1}): (n, A)
+            grad_h[:n] = grad_recurrent[rows] @ w_recurrent  # ∂L/∂s_{t-1}: (n, H)
+
+        # the weight gradients, each one product over all steps
+        previous = torch.cat(
+            [h0] + [states[offsets[t - 1] : offsets[t - 1] + n] for t, n in enumerate(batch_sizes) if t]
+        )
+        grad_w_recurrent = grad_recurrent.t() @ previous  # (4H + A, H)
+        grad_gates = grad_recurrent[:, : 4 * size]  # (N, 4H)
+        grad_w_context = grad_gates.t() @ contexts  # (4H, M)
+        grad_energy = grad_scores.reshape(1, -1) @ hidden.reshape(-1, hidden.shape[2])  # (1, N·S) x (N·S, A)
+        # ∂L/∂h̄_s = Σ_t a_t(s) ∂L/∂c_t, per row: the packed steps of each row, padded, in one batched product
+        batch = batch_sizes[0]
+        padded = torch.zeros(batch, len(batch_sizes), weights.shape[1] + contexts.shape[1], dtype=states.dtype,
+                             device=states.device)  # fmt: skip
+        for t, n in enumerate(batch_sizes):
+            rows = slice(offsets[t], offsets[t] + n)
+            padded[:n, t, : weights.shape[1]] = weights[rows]
+            padded[:n, t, weights.shape[1] :] = grad_context_total[rows]
+        grad_values = padded[:, :, : weights.shape[1]].transpose(1, 2) @ padded[:, :, weights.shape[1] :]
+        return (grad_gates.contiguous(), grad_h, grad_c, grad_keys, grad_values, None, grad_w_context,
+                grad_w_recurrent[: 4 * size], grad_w_recurrent[4 * size :], grad_energy.squeeze(0), None)  # fmt: skip
+
+
 # ─────────────────────────────────────────────── Decoder ───────────────────────────────────────────────
 
 
@@ -395,7 +656,8 @@ class RNNAttentionDecoder(nn.Module):
             self.attention_combine = nn.Linear(  # W_c
                 config.encoder_output_size + config.decoder_hidden_size, config.decoder_hidden_size, bias=False
             )
-        # Set False to force the step-by-step loop where the fast path applies (to check or time it).
+        # Set False to force the step-by-step loop where a fast path applies (the parallel one, or the fused
+        # Bahdanau recurrence), to check or time it.
         self.fast_path = True
 
     @property
@@ -403,8 +665,23 @@ class RNNAttentionDecoder(nn.Module):
         """True when teacher-forced steps are independent given the RNN states: the fast path applies."""
         return not (self.bahdanau_order or self.input_feeding)
 
+    def can_fuse(self, embedded: torch.Tensor) -> bool:
+        """True when [`FusedBahdanauRecurrence`] runs the teacher-forced loop: Bahdanau order, additive score,
+        one LSTM layer, no input feeding, and no autocast (its buffers hold one dtype)."""
+        return (
+            self.bahdanau_order
+            and self.is_lstm
+            and self.rnn.num_layers == 1
+            and isinstance(self.attention.score, AdditiveScore)
+            and not self.input_feeding
+            and not torch.is_autocast_enabled(embedded.device.type)
+        )
+
     def _rnn(self, inputs: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        outputs, state = self.rnn(inputs, state if self.is_lstm else state[0])
+        if isinstance(inputs, PackedSequence):
+            outputs, state = run_packed(self.rnn, inputs, state if self.is_lstm else state[0])
+        else:
+            outputs, state = self.rnn(inputs, state if self.is_lstm else state[0])
         return outputs, (state if self.is_lstm else (state,))
 
     def _attentional(self, rnn_outputs: torch.Tensor, memory: Memory):
@@ -456,6 +733,8 @@ class RNNAttentionDecoder(nn.Module):
                 lengths = None  # no padding to skip
         if self.fast_path and self.can_run_parallel:
             return self._forward_parallel(embedded, memory, state, lengths)
+        if self.fast_path and self.can_fuse(embedded):
+            return self._forward_fused(embedded, memory, state, lengths)
         if lengths is None:
             return self._forward_steps(embedded, memory, state, input_feed)
         return self._forward_steps_shrinking(embedded, memory, state, input_feed, lengths)
@@ -476,6 +755,37 @@ class RNNAttentionDecoder(nn.Module):
         attentional = attentional * real  # 0 at padding: nothing there was decoded
         weights = weights * real if weights is not None else None
         return DecoderOutput(attentional, weights, rnn_outputs, state, None)
+
+    def _forward_fused(self, embedded, memory: Memory, state: tuple, lengths) -> DecoderOutput:
+        """Bahdanau order through [`FusedBahdanauRecurrence`]: x_t = W_ie y_{t-1} + b for every real position in
+        one product, the recurrence, then h̃_t = tanh(W_c [c_t; s_t]) for every position in one product."""
+        batch, total, embedding_size = embedded.shape
+        if lengths is None:
+            lengths = torch.full((batch,), total, dtype=torch.long)
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)  # longest first
+        order, rnn, score = packed.sorted_indices, self.rnn, self.attention.score
+        input_gates = F.linear(packed.data, rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0 + rnn.bias_hh_l0)
+        states, contexts, weights, h_last, c_last = FusedBahdanauRecurrence.apply(
+            input_gates,  # (N, 4H)
+            state[0][0].index_select(0, order),  # s_0: (B, H)
+            state[1][0].index_select(0, order),  # m_0: (B, H)
+            memory.keys.index_select(0, order),  # (B, S, A)
+            memory.values.index_select(0, order),  # (B, S, M)
+            memory.mask_bias[:, 0].index_select(0, order),  # (B, S)
+            rnn.weight_ih_l0[:, embedding_size:],  # W_ic: (4H, M)
+            rnn.weight_hh_l0,  # (4H, H)
+            score.query_projection.weight,  # W_a: (A, H)
+            score.energy.weight[0],  # v_a: (A,)
+            packed.batch_sizes.tolist(),
+        )
+        attentional = torch.tanh(self.attention_combine(torch.cat([contexts, states], dim=-1)))  # (N, H)
+
+        def unpack(data):  # packed (N, X) → (B, T, X) in the input order, 0 at padding
+            packed_data = PackedSequence(data, packed.batch_sizes, order, packed.unsorted_indices)
+            return pad_packed_sequence(packed_data, batch_first=True, total_length=total)[0]
+
+        final = tuple(s.index_select(0, packed.unsorted_indices).unsqueeze(0) for s in (h_last, c_last))  # (1, B, H)
+        return DecoderOutput(unpack(attentional), unpack(weights), unpack(states), final, None)
 
     def _forward_steps(self, embedded, memory: Memory, state: tuple, input_feed) -> DecoderOutput:
         """Step by step over all T positions (the reference path; generate() feeds one position at a time)."""
@@ -843,6 +1153,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
         """
@@ -852,6 +1163,9 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 Padding costs nothing: the decoder stops after each row's last labelled position (unless a
                 `decoder_attention_mask` says otherwise) and the output layer runs only where there is a label.
             decoder_attention_mask (`(B, T)`): right-padded; see [`RNNAttentionModel.forward`].
+            return_logits (`bool`, default True): with `labels`, False returns `logits=None` and computes the loss
+                from the labelled rows alone. The (B, T, V) tensor is mostly zeros at padding, yet allocating it
+                costs about a tenth of a CPU training step; [`RNNAttentionTrainer`] passes False when it trains.
         Returns:
             `Seq2SeqLMOutput`: `loss` (mean (label-smoothed, `config.label_smoothing`) cross-entropy over the
             labelled positions), `logits` `(B, T, V)` (with `labels`: 0 where the label is -100, as nothing reads
@@ -916,8 +1230,10 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 labelled = labels.ne(-100)  # (B, T)
                 token_logits = self.compute_logits(hidden[labelled])  # (N, V)
                 loss = self._loss(token_logits, labels[labelled])
-                logits = token_logits.new_zeros(*labels.shape, token_logits.shape[-1])  # (B, T, V)
-                logits[labelled] = token_logits
+                logits = None
+                if return_logits:
+                    logits = token_logits.new_zeros(*labels.shape, token_logits.shape[-1])  # (B, T, V)
+                    logits[labelled] = token_logits
 
         result = Seq2SeqLMOutput(
             loss=loss,

@@ -131,9 +131,15 @@ def training_arguments(**settings) -> Seq2SeqTrainingArguments:
 
 
 class RNNAttentionTrainer(Seq2SeqTrainer):
-    """`Seq2SeqTrainer` that logs the model's teacher forcing ratio beside the training loss.
+    """`Seq2SeqTrainer` that logs the model's teacher forcing ratio beside the training loss, and trains
+    without materialising the (B, T, V) logits (`return_logits=False`), which nothing in a training step reads.
 
-    (A callback cannot add it: `Trainer.log` records the logs before it calls `on_log`.)"""
+    (A callback cannot add the ratio: `Trainer.log` records the logs before it calls `on_log`.)"""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training and self.label_smoother is None and "labels" in inputs:
+            inputs = {**inputs, "return_logits": False}
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         ratio = getattr(self.model, "teacher_forcing_ratio", None)

@@ -63,7 +63,7 @@ def main():
 
     def step(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(**batch).loss
+            loss = model(**batch, return_logits=False).loss
         optimizer.zero_grad(set_to_none=True)
         with record_function("## backward"):
             loss.backward()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import DECODER_VARIANTS, random_batch, tiny_config, tiny_model
 
 from hf_rnn_attention import RNNAttentionForConditionalGeneration
-from hf_rnn_attention.modeling_rnn_attention import shift_tokens_right
+from hf_rnn_attention.modeling_rnn_attention import packed_lstm, shift_tokens_right
 
 
 def variant_kwargs(attention_type, decoder_style, input_feeding, **extra):
@@ -109,6 +109,75 @@ def test_fast_path_equals_step_path(variant, rnn_type):
     assert fast_grads.keys() == step_grads.keys()
     for name in fast_grads:
         torch.testing.assert_close(fast_grads[name], step_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_packed_lstm_equals_torch_lstm(bidirectional, with_state):
+    """The fused packed LSTM (hoisted input projection, written-out backward) gives nn.LSTM's outputs, final
+    states and gradients (inputs, initial state, every weight) on a packed, unsorted batch."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=bidirectional, batch_first=True).double()
+    lengths = torch.tensor([3, 6, 1, 6, 4])
+    directions = 2 if bidirectional else 1
+    inputs = torch.randn(5, 6, 5, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(2 * directions, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out_weights = torch.randn(5, 6, 6 * directions, dtype=torch.float64)
+    state_weights = [torch.randn(2 * directions, 5, 6, dtype=torch.float64) for _ in range(2)]
+
+    def run(function):
+        for tensor in (inputs, *state, *lstm.parameters()):
+            tensor.grad = None
+        packed = torch.nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+        outputs, final = function(packed, state if with_state else None)
+        padded = torch.nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True)[0]
+        loss = (padded * out_weights).sum() + sum((f * w).sum() for f, w in zip(final, state_weights, strict=True))
+        loss.backward()
+        grads = [t.grad.clone() for t in (inputs, *(state if with_state else ()), *lstm.parameters())]
+        return padded.detach(), [f.detach() for f in final], grads
+
+    fused = run(lambda packed, st: packed_lstm(lstm, packed, st))
+    reference = run(lambda packed, st: lstm(packed, st))
+    torch.testing.assert_close(fused[0], reference[0])
+    for ours, theirs in zip(fused[1] + fused[2], reference[1] + reference[2], strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_bahdanau_recurrence_equals_step_path(dtype):
+    """Bahdanau order, additive score, one LSTM layer: the fused recurrence (written-out backward) gives the
+    step-by-step loop's loss, attention weights and every gradient, also through the attention weights and
+    the returned state."""
+    config = tiny_config(attention_type="additive", decoder_style="bahdanau", decoder_layers=1)
+    torch.manual_seed(0)
+    model = RNNAttentionForConditionalGeneration(config).train().to(dtype)  # dropout is 0
+    decoder = model.model.decoder
+    input_ids, mask = random_batch(batch=5, source_len=7, lengths=[7, 3, 5, 6, 2])
+    labels = torch.randint(3, 40, (5, 7), generator=torch.Generator().manual_seed(5))
+    labels[0, 4:] = -100
+    labels[2, 1:] = -100
+    labels[3, 5:] = -100
+    labels[4, 2] = -100
+    decoder_mask = (torch.arange(7)[None, :] < torch.tensor([4, 7, 1, 5, 7])[:, None]).long()
+
+    def run(fast):
+        model.zero_grad()
+        decoder.fast_path = fast
+        assert decoder.can_fuse(torch.zeros(1))
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels, decoder_attention_mask=decoder_mask,
+                    output_attentions=True, use_cache=True)  # fmt: skip
+        h, c = out.past_key_values.state
+        (out.loss + 0.3 * (out.cross_attentions[0] ** 2).sum() + (h**2).sum() + 0.7 * c.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.loss.detach(), out.cross_attentions[0].detach(), grads
+
+    tolerance = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else {}
+    fused, step = run(True), run(False)
+    torch.testing.assert_close(fused[0], step[0], **tolerance)
+    torch.testing.assert_close(fused[1], step[1], **tolerance)
+    assert fused[2].keys() == step[2].keys()
+    for name in fused[2]:
+        torch.testing.assert_close(fused[2][name], step[2][name], **tolerance, msg=name)
 
 
 @pytest.mark.parametrize("variant", DECODER_VARIANTS)

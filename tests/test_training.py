@@ -155,3 +155,29 @@ def test_training_arguments_give_length_grouping_under_either_spelling_on_this_t
     if not v5:
         with pytest.raises(ValueError, match="needs transformers 5"):
             training_arguments(output_dir="unused", train_sampling_strategy="batch_rebalance")
+
+
+def test_trainer_trains_without_the_full_logits_and_evaluates_with_them(tmp_path):
+    """RNNAttentionTrainer's training steps pass return_logits=False (no (B, T, V) tensor; the same loss), while
+    evaluation, which may read the logits, still gets them."""
+    from transformers import Seq2SeqTrainingArguments
+
+    from hf_rnn_attention.training import RNNAttentionTrainer
+
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(3, 40, (5,), generator=generator).tolist(),
+             "labels": torch.randint(3, 40, (4,), generator=generator).tolist() + [2]} for _ in range(8)]  # fmt: skip
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append((module.training, output.logits)))
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2,
+                                    report_to=[], save_strategy="no", use_cpu=True)  # fmt: skip
+    trainer = RNNAttentionTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+    trainer.train()
+    assert [logits for training, logits in seen if training] == [None, None]
+    seen.clear()
+    trainer.evaluate()
+    assert seen and all(not training and logits is not None for training, logits in seen)
+    batch = {"input_ids": torch.tensor([rows[0]["input_ids"]]), "labels": torch.tensor([rows[0]["labels"]])}
+    model.train()
+    torch.testing.assert_close(model(**batch).loss, model(**batch, return_logits=False).loss)
