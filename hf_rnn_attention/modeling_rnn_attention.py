@@ -2,11 +2,13 @@
 
 The file reads top to bottom along the path of one sentence:
 
-    input_ids ─▶ RNNAttentionEncoder (shared embedding → packed BiLSTM/GRU) ─▶ encoder outputs h̄_s
+    input_ids ─▶ RNNAttentionEncoder (shared embedding → packed BiLSTM/GRU; `packed_lstm` trains it on the
+                 CPU with the input projection hoisted and a written-out backward) ─▶ encoder outputs h̄_s
               ─▶ Bridge (decoder initial state from the encoder's final states)
               ─▶ score functions (dot, scaled dot, general, additive) and Attention (mask → softmax → Σ)
               ─▶ RNNAttentionDecoder (Luong or Bahdanau order, optional input feeding; a parallel
-                 "fast path" when no step depends on the previous attention output)
+                 "fast path" when no step depends on the previous attention output, and for Bahdanau
+                 order the `FusedBahdanauRecurrence` with its own backward)
               ─▶ RNNAttentionCache (decoder state, input feed and the per-sentence memory for generate())
               ─▶ RNNAttentionModel / RNNAttentionForConditionalGeneration (output layer, loss, teacher
                  forcing and scheduled sampling, GenerationMixin)
@@ -628,7 +630,9 @@ class RNNAttentionDecoder(nn.Module):
     h̃_t = tanh(W_c [c_t; s_t]): Luong's eq. 5 in Bahdanau order, as Joey NMT does (Bahdanau's own output,
     appendix A.2.2, is a maxout over U_o s_{i-1} + V_o E y_{i-1} + C_o c_i).
     Fast path: when no step reads the previous step's attention output (Luong order without input feeding, or
-    no attention) the RNN runs over the whole target in one call and attention is one batched product.
+    no attention) the RNN runs over the whole target in one call and attention is one batched product. In
+    Bahdanau order with the additive score and one LSTM layer, teacher-forced decoding runs through
+    [`FusedBahdanauRecurrence`] (`can_fuse`); `fast_path = False` forces the step loop for both.
     """
 
     def __init__(self, config: RNNAttentionConfig, embed_tokens: nn.Embedding):
