@@ -80,7 +80,7 @@ class RNNAttentionConfig(PretrainedConfig):
     """
 
     model_type = "rnn_attention"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache field: "cache" from transformers 5.24
     attribute_map = {"hidden_size": "decoder_hidden_size", "num_hidden_layers": "decoder_layers"}
 
     def __init__(

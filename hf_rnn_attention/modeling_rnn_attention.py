@@ -73,6 +73,20 @@ def _check_kwargs(kwargs: dict) -> None:
         raise TypeError(f"forward() got unexpected argument(s) {unknown}.")
 
 
+# transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache`; 4.57 to 5.23 use the
+# old name. The models take either name and return the cache under the field this transformers version has.
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache, past_key_values):
+    """The cache passed under its new name (`cache`) or its old one (`past_key_values`)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError(
+            "Pass the cache as `cache` or as `past_key_values` (its name before transformers 5.24), not both."
+        )
+    return cache if cache is not None else past_key_values
+
+
 def _decoder_lengths(decoder_attention_mask: torch.Tensor | None, target_len: int) -> torch.Tensor | None:
     """Lengths `(B,)` of a right-padded `decoder_attention_mask` `(B, T)`; None when there is none to use."""
     if decoder_attention_mask is None or decoder_attention_mask.shape[-1] != target_len:
@@ -1017,21 +1031,23 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: RNNAttentionEncoderOutput | tuple | None = None,
-        past_key_values: RNNAttentionCache | None = None,
+        cache: RNNAttentionCache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: RNNAttentionCache | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput | tuple:
         """
         Args:
             input_ids (`(B, S)`), attention_mask (`(B, S)`): the right-padded source.
             decoder_input_ids (`(B, T)`): decoder inputs, starting with `decoder_start_token_id`; with
-                `past_key_values`, only the new tokens.
+                `cache`, only the new tokens.
             decoder_attention_mask (`(B, T)`): right-padded; the decoder does not run over padding (no step, no
                 attention: outputs 0 there) and the returned state is each row's state after its last token.
-            past_key_values ([`RNNAttentionCache`]): the state after the tokens already decoded; updated in place.
+            cache ([`RNNAttentionCache`]): the state after the tokens already decoded; updated in place.
+            past_key_values: the same, under its name before transformers 5.24.
         Returns:
             `Seq2SeqModelOutput` with `last_hidden_state` `(B, T, H)` (the attentional vectors),
             `cross_attentions` = `((B, T, S),)` when `output_attentions`, and the cache when `use_cache`.
@@ -1044,11 +1060,11 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
             raise ValueError("Pass `decoder_input_ids` (or `labels` to the ForConditionalGeneration model).")
         if attention_mask is None and input_ids is not None:
             attention_mask = input_ids.ne(self.config.pad_token_id)
-        if past_key_values is None:
+        cache = _one_cache(cache, past_key_values)
+        if cache is None:
             encoder_outputs = self.encode(input_ids, attention_mask, encoder_outputs, output_hidden_states)
             cache = self.start_decoding(encoder_outputs, attention_mask)
         else:  # the memory travels in the cache: never re-run the encoder for a step
-            cache = past_key_values
             encoder_outputs = self.encode(None, None, encoder_outputs) if encoder_outputs is not None else None
 
         lengths = _decoder_lengths(decoder_attention_mask, decoder_input_ids.shape[1])  # (B,) or None
@@ -1059,7 +1075,7 @@ class RNNAttentionModel(RNNAttentionPreTrainedModel):
 
         result = Seq2SeqModelOutput(
             last_hidden_state=decoded.attentional,
-            past_key_values=cache if use_cache else None,
+            **{CACHE_FIELD: cache if use_cache else None},
             decoder_hidden_states=(decoded.rnn_outputs,) if output_hidden_states else None,
             cross_attentions=(decoded.attentions,) if output_attentions and decoded.attentions is not None else None,
             encoder_last_hidden_state=cache.memory.values,
@@ -1151,13 +1167,14 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: RNNAttentionEncoderOutput | tuple | None = None,
-        past_key_values: RNNAttentionCache | None = None,
+        cache: RNNAttentionCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_logits: bool = True,
+        past_key_values: RNNAttentionCache | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
         """
@@ -1174,13 +1191,14 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             `Seq2SeqLMOutput`: `loss` (mean (label-smoothed, `config.label_smoothing`) cross-entropy over the
             labelled positions), `logits` `(B, T, V)` (with `labels`: 0 where the label is -100, as nothing reads
             them), `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
-            One cached step (`past_key_values`, T = 1) decodes only the sentences still running: a row whose
+            One cached step (`cache`, T = 1) decodes only the sentences still running: a row whose
             input is EOS or padding (what generate() feeds after EOS) keeps its state and gets logits 0.
         """
         _check_kwargs(kwargs)
         output_attentions, output_hidden_states, return_dict = _output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
+        past_key_values = _one_cache(cache, past_key_values)  # (named so below: `cache` is generate()'s word)
         if labels is not None:
             _check_token_ids("labels", labels.masked_fill(labels == -100, 0), self.config.vocab_size)
             if decoder_input_ids is None:
@@ -1220,7 +1238,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 decoder_input_ids=decoder_input_ids,
                 decoder_attention_mask=decoder_attention_mask,
                 encoder_outputs=encoder_outputs,
-                past_key_values=past_key_values,
+                cache=past_key_values,
                 use_cache=use_cache,
                 output_attentions=output_attentions,
                 output_hidden_states=output_hidden_states,
@@ -1242,7 +1260,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         result = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.get("past_key_values"),
+            **{CACHE_FIELD: outputs.get(CACHE_FIELD)},
             decoder_hidden_states=outputs.get("decoder_hidden_states"),
             cross_attentions=outputs.get("cross_attentions") if output_attentions else None,
             encoder_last_hidden_state=outputs.get("encoder_last_hidden_state"),
@@ -1274,7 +1292,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         attentions = decoded.attentions if output_attentions else None
         result = Seq2SeqLMOutput(
             logits=scatter(self.compute_logits(decoded.attentional)),  # (B, 1, V)
-            past_key_values=cache,
+            **{CACHE_FIELD: cache},
             decoder_hidden_states=(scatter(decoded.rnn_outputs),) if output_hidden_states else None,
             cross_attentions=(scatter(attentions),) if attentions is not None else None,
             encoder_last_hidden_state=cache.memory.values,
@@ -1356,7 +1374,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             use_cache=True,
             return_dict=True,
         )
-        cache, cur_len = outputs.past_key_values, prompt_len
+        cache, cur_len = outputs[CACHE_FIELD], prompt_len
         while True:
             active = sentences.shape[0]
             log_probs = F.log_softmax(outputs.logits[:, -1, :].float(), dim=-1)  # (A·K, V)
@@ -1415,7 +1433,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 cache.keep_rows((keep[:, None] * num_beams + torch.arange(num_beams, device=device)).view(-1))
             outputs = self(
                 decoder_input_ids=running[:, :, cur_len - 1].reshape(-1, 1),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 return_dict=True,
             )

@@ -6,6 +6,7 @@ from conftest import DECODER_VARIANTS, random_batch, tiny_model
 from transformers import GenerationMixin
 
 from hf_rnn_attention import RNNAttentionCache
+from hf_rnn_attention.modeling_rnn_attention import CACHE_FIELD
 
 MODES = {
     "greedy": dict(),
@@ -106,8 +107,8 @@ def test_cache_memory_is_computed_once_and_travels_in_the_cache():
     out = generate(model, "beam", use_cache=True)
     assert len(calls) == 1 and len(encoder_calls) == 1
     assert out.sequences.shape[1] > 5  # many steps ran on the one projection
-    assert isinstance(out.past_key_values, RNNAttentionCache)
-    assert out.past_key_values.get_seq_length() == out.sequences.shape[1] - 1
+    assert isinstance(getattr(out, CACHE_FIELD), RNNAttentionCache)
+    assert getattr(out, CACHE_FIELD).get_seq_length() == out.sequences.shape[1] - 1
 
 
 @pytest.mark.parametrize("mode", ["greedy", "beam"])
@@ -206,10 +207,10 @@ def test_manual_incremental_decoding_with_the_cache_matches_full_forward():
             input_ids=input_ids,
             attention_mask=mask,
             decoder_input_ids=decoder_input_ids[:, t : t + 1],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_FIELD)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert len(encoder_calls) == 1 and cache.get_seq_length() == 6

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import DECODER_VARIANTS, random_batch, tiny_config, tiny_model
 
 from hf_rnn_attention import RNNAttentionForConditionalGeneration
-from hf_rnn_attention.modeling_rnn_attention import packed_lstm, shift_tokens_right
+from hf_rnn_attention.modeling_rnn_attention import CACHE_FIELD, packed_lstm, shift_tokens_right
 
 
 def variant_kwargs(attention_type, decoder_style, input_feeding, **extra):
@@ -166,7 +166,7 @@ def test_fused_bahdanau_recurrence_equals_step_path(dtype):
         assert decoder.can_fuse(torch.zeros(1))
         out = model(input_ids=input_ids, attention_mask=mask, labels=labels, decoder_attention_mask=decoder_mask,
                     output_attentions=True, use_cache=True)  # fmt: skip
-        h, c = out.past_key_values.state
+        h, c = getattr(out, CACHE_FIELD).state
         (out.loss + 0.3 * (out.cross_attentions[0] ** 2).sum() + (h**2).sum() + 0.7 * c.sum()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return out.loss.detach(), out.cross_attentions[0].detach(), grads
@@ -237,11 +237,13 @@ def test_decoder_attention_mask_returns_each_rows_state_after_its_last_token(var
                                 decoder_input_ids=decoder_input_ids[row : row + 1, :length], use_cache=True)  # fmt: skip
             torch.testing.assert_close(batched.last_hidden_state[row, :length], alone.last_hidden_state[0],
                                        atol=1e-5, rtol=1e-5)  # fmt: skip
-            for ours, reference in zip(batched.past_key_values.state, alone.past_key_values.state, strict=True):
+            for ours, reference in zip(
+                getattr(batched, CACHE_FIELD).state, getattr(alone, CACHE_FIELD).state, strict=True
+            ):
                 torch.testing.assert_close(ours[:, row], reference[:, 0], atol=1e-5, rtol=1e-5)
             if model.config.input_feeding:
-                torch.testing.assert_close(batched.past_key_values.input_feed[row],
-                                           alone.past_key_values.input_feed[0], atol=1e-5, rtol=1e-5)  # fmt: skip
+                torch.testing.assert_close(getattr(batched, CACHE_FIELD).input_feed[row],
+                                           getattr(alone, CACHE_FIELD).input_feed[0], atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", [v for v in DECODER_VARIANTS if v[0] != "none"])
@@ -501,9 +503,28 @@ def test_a_cache_passed_in_training_mode_is_advanced():
     input_ids, mask = random_batch()
     first = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=torch.ones(4, 1, dtype=torch.long),
                   use_cache=True)  # fmt: skip
-    cache = first.past_key_values
-    model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=torch.full((4, 1), 5), past_key_values=cache)
+    cache = getattr(first, CACHE_FIELD)
+    model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=torch.full((4, 1), 5), cache=cache)
     assert cache.get_seq_length() == 2
+
+
+def test_the_cache_is_taken_under_its_old_name_too_but_not_under_both():
+    """transformers 5.24 renamed `past_key_values` to `cache`; code written for 4.57 to 5.23 passes the old name."""
+    model = tiny_model().eval()
+    input_ids, mask = random_batch()
+    start = torch.ones(4, 1, dtype=torch.long)
+    cache = getattr(
+        model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=start, use_cache=True), CACHE_FIELD
+    )
+    old = model(decoder_input_ids=torch.full((4, 1), 5), past_key_values=cache).logits
+    assert cache.get_seq_length() == 2
+    cache = getattr(
+        model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=start, use_cache=True), CACHE_FIELD
+    )
+    new = model(decoder_input_ids=torch.full((4, 1), 5), cache=cache).logits
+    torch.testing.assert_close(old, new)
+    with pytest.raises(ValueError, match="not both"):
+        model(decoder_input_ids=torch.full((4, 1), 5), cache=cache, past_key_values=cache)
 
 
 def test_half_precision_attention_over_an_empty_row_stays_finite():
