@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import DECODER_VARIANTS, random_batch, tiny_config, tiny_model
 
 from hf_rnn_attention import RNNAttentionForConditionalGeneration
-from hf_rnn_attention.modeling_rnn_attention import CACHE_FIELD, packed_lstm, shift_tokens_right
+from hf_rnn_attention.modeling_rnn_attention import CACHE_FIELD, output_layer, packed_lstm, shift_tokens_right
 
 
 def variant_kwargs(attention_type, decoder_style, input_feeding, **extra):
@@ -141,6 +141,48 @@ def test_packed_lstm_equals_torch_lstm(bidirectional, with_state):
     torch.testing.assert_close(fused[0], reference[0])
     for ours, theirs in zip(fused[1] + fused[2], reference[1] + reference[2], strict=True):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_padded_stride_output_layer_equals_linear(bias):
+    """The output layer written with padded rows gives nn.Linear's logits and gradients."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 37, bias=bias)  # 37: not a multiple of 16, so the padded path runs
+    hidden = torch.randn(2, 5, 6, requires_grad=True)
+    weights = torch.randn(2, 5, 37)
+
+    def run(function):
+        for tensor in (hidden, *head.parameters()):
+            tensor.grad = None
+        logits = function(hidden)
+        (logits * weights).sum().backward()
+        return logits.detach(), [t.grad.clone() for t in (hidden, *head.parameters())]
+
+    ours, reference = run(lambda x: output_layer(head, x)), run(head)
+    assert ours[0].shape == (2, 5, 37) and ours[0].stride(-2) == 64  # rows padded to 64 floats
+    torch.testing.assert_close(ours[0], reference[0])
+    for mine, theirs in zip(ours[1], reference[1], strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_compute_logits_returns_a_contiguous_tensor_unless_asked_not_to():
+    model = tiny_model().eval()  # vocab_size 40 (not a multiple of 16)
+    hidden = torch.randn(3, 2, model.config.decoder_hidden_size)
+    assert model.compute_logits(hidden).is_contiguous()
+    torch.testing.assert_close(model.compute_logits(hidden, contiguous=False), model.compute_logits(hidden))
+
+
+def test_additive_score_is_bahdanaus_formula():
+    """v_aᵀ tanh(W_a s + U_a h̄), computed through the sigmoid, equals the formula with torch.tanh."""
+    from hf_rnn_attention.modeling_rnn_attention import AdditiveScore
+
+    torch.manual_seed(0)
+    score = AdditiveScore(tiny_config(attention_type="additive"))
+    query = torch.randn(2, 3, score.query_projection.in_features)
+    memory = torch.randn(2, 4, score.key_projection.in_features)
+    keys = score.project_keys(memory)
+    expected = torch.tanh(score.query_projection(query).unsqueeze(2) + keys.unsqueeze(1)) @ score.energy.weight[0]
+    torch.testing.assert_close(score(query, keys), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
