@@ -143,11 +143,18 @@ def test_packed_lstm_equals_torch_lstm(bidirectional, with_state):
         torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_padded_stride_output_layer_equals_linear(bias):
-    """The output layer written with padded rows gives nn.Linear's logits and gradients."""
+def test_training_output_layer_equals_linear(bias, onednn, monkeypatch):
+    """The output layer's own autograd function (oneDNN, or MKL into padded rows) gives nn.Linear's logits and
+    gradients."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    if onednn and not modeling_rnn_attention.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(modeling_rnn_attention, "ONEDNN_LINEAR", onednn)
     torch.manual_seed(0)
-    head = torch.nn.Linear(6, 37, bias=bias)  # 37: not a multiple of 16, so the padded path runs
+    head = torch.nn.Linear(6, 37, bias=bias)  # 37: not a multiple of 16
     hidden = torch.randn(2, 5, 6, requires_grad=True)
     weights = torch.randn(2, 5, 37)
 
@@ -159,10 +166,27 @@ def test_padded_stride_output_layer_equals_linear(bias):
         return logits.detach(), [t.grad.clone() for t in (hidden, *head.parameters())]
 
     ours, reference = run(lambda x: output_layer(head, x)), run(head)
-    assert ours[0].shape == (2, 5, 37) and ours[0].stride(-2) == 64  # rows padded to 64 floats
+    assert ours[0].shape == (2, 5, 37)
+    if not onednn:
+        assert ours[0].stride(-2) == 64  # rows padded to 64 floats
     torch.testing.assert_close(ours[0], reference[0])
     for mine, theirs in zip(ours[1], reference[1], strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_inference_linear_equals_the_layer():
+    """Decoding's linear layers (oneDNN where the build has it) give nn.Linear's values, for 1 to 3 dimensions."""
+    from hf_rnn_attention.modeling_rnn_attention import linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 37)
+    for shape in [(6,), (4, 6), (4, 1, 6)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(linear(layer, x), layer(x))
+    x = torch.randn(4, 6, requires_grad=True)
+    linear(layer, x).sum().backward()  # with gradients: nn.Linear's own path
+    assert x.grad is not None
 
 
 def test_compute_logits_returns_a_contiguous_tensor_unless_asked_not_to():
@@ -615,3 +639,20 @@ def test_label_smoothing_equals_the_trainers_label_smoother():
     assert abs(float(out.loss - plain)) > 1e-2  # the smoothing term is there
     with pytest.raises(ValueError, match="label_smoothing"):
         tiny_config(label_smoothing=1.0)
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_one_inference_step_by_cells_equals_the_rnn(rnn_type):
+    """generate()'s steps on the CPU go through torch.lstm_cell / gru_cell layer by layer: nn.LSTM's values."""
+    decoder = tiny_model(rnn_type=rnn_type).model.decoder  # 2 decoder layers
+    inputs = torch.randn(3, 1, decoder.rnn.input_size)
+    state = tuple(torch.randn(2, 3, decoder.rnn.hidden_size) for _ in range(2 if rnn_type == "lstm" else 1))
+    with torch.no_grad():
+        assert decoder._decodes_by_cells(inputs)
+        outputs, new_state = decoder._rnn(inputs, state)
+        reference, reference_state = decoder.rnn(inputs, state if rnn_type == "lstm" else state[0])
+    torch.testing.assert_close(outputs, reference)
+    reference_state = reference_state if rnn_type == "lstm" else (reference_state,)
+    for ours, theirs in zip(new_state, reference_state, strict=True):
+        torch.testing.assert_close(ours, theirs)
+    assert not decoder._decodes_by_cells(inputs)  # with gradients: nn.LSTM's own path
