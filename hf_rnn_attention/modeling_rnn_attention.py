@@ -992,6 +992,7 @@ def _plain_call(layer: nn.Module, x: torch.Tensor) -> bool:
         or x.dtype != torch.float32
         or layer.weight.dtype != torch.float32
         or x.numel() == 0
+        or not (x.is_contiguous() and layer.weight.is_contiguous())  # oneDNN's kernel for strided operands is slow
         or torch.is_autocast_enabled("cpu")
         or bool(layer._forward_hooks or layer._forward_pre_hooks)
         or getattr(layer, "_hf_hook", None) is not None
@@ -1029,7 +1030,7 @@ class OutputLayerFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        if ONEDNN_LINEAR and torch.backends.mkldnn.enabled:
+        if ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.is_contiguous() and weight.is_contiguous():
             return _onednn_linear(x, weight, bias)  # (N, V)
         vocab = weight.shape[0]
         logits = x.new_empty(x.shape[0], -(-vocab // 64) * 64)[:, :vocab]  # (N, V), row stride a multiple of 64
