@@ -123,6 +123,63 @@ def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
         )
 
 
+# ───────────────────────────── Matrix products on the CPU: oneDNN where MKL is slow ─────────────────────────────
+# PyTorch's CPU F.linear calls MKL. On an AMD EPYC (2 cores) MKL ran this model's decoding shapes about twice as
+# slowly as oneDNN, which the same torch build carries (`torch.ops.mkldnn._linear_pointwise`, what inductor uses),
+# and wrote the 8,003-wide training logits at 64-70 ms against oneDNN's 39 (scripts/kernel_benchmark.py). oneDNN is
+# Intel's own library and as fast on Intel CPUs. `torch.backends.mkldnn.enabled = False` switches every use off.
+
+
+def _onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's linear op."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def _onednn_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN for float32 CPU tensors in plain row-major layout, outside autocast: for a strided operand it takes a
+    reference kernel, measured about 20 times slower."""
+    return (
+        ONEDNN_LINEAR
+        and torch.backends.mkldnn.enabled
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.numel() > 0
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b through oneDNN; no autograd (decoding, and the forward of [`OutputLayerFunction`])."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _hooked(layer: nn.Module) -> bool:
+    """A layer whose own call must run: forward hooks, or accelerate's `_hf_hook` (device placement)."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks) or getattr(layer, "_hf_hook", None) is not None
+
+
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`; through oneDNN for an `nn.Linear` when nothing needs gradients (decoding) and [`_onednn_fits`].
+    The output layer (8,003 × 512) took 6.8 ms for 64 rows through MKL against 3.4 ms, and 2.1 ms for one row
+    against 0.9 ms. The same values to float32 rounding."""
+    if (
+        torch.is_grad_enabled()
+        or not isinstance(layer, nn.Linear)
+        or _hooked(layer)
+        or not _onednn_fits(x, layer.weight)
+    ):
+        return layer(x)
+    return _onednn_linear(x, layer.weight, layer.bias)
+
+
 # ────────────────────────────────── Packed LSTM, fused for the CPU ──────────────────────────────────
 
 
@@ -142,6 +199,15 @@ def _lstm_gates_(gates: torch.Tensor, size: int) -> torch.Tensor:
     gates.sigmoid_()
     candidate.mul_(2).sub_(1)
     return gates
+
+
+def _onednn_lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.lstm_cell(x, (h, c), …)` for inference on the CPU with both products through oneDNN (see [`linear`]):
+    2.2 ms against 3.6 ms at batch 64, input 768, hidden 512 on 2 cores. Returns h, c `(B, H)`."""
+    gates = _onednn_linear(x, w_ih, b_ih + b_hh).add_(_onednn_linear(h, w_hh, None))  # (B, 4H)
+    i, f, g, o = _lstm_gates_(gates, h.shape[1]).chunk(4, dim=1)  # σ, σ, tanh, σ
+    c = torch.addcmul(f * c, i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
+    return _tanh(c, out=torch.empty_like(c)).mul_(o), c  # h_t = o ⊙ tanh(c_t)
 
 
 class PackedLSTMRecurrence(torch.autograd.Function):
@@ -523,8 +589,8 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
     backward (backpropagation through time) is written out, and the gradients of W_hh, W_a, W_ic, v_a, the
     keys and the values are each one product over all steps. The caller hoists the embedding's share of the
     input projection (x_t) out of the loop. The (n, S, A) tanh of the score goes through the sigmoid,
-    v_aᵀ tanh(z) = 2 v_aᵀ σ(2z) − Σ v_a, and the constant − Σ v_a is left out: the softmax does not see it. `test_fast_path_equals_step_path` checks the loss and every
-    gradient against the step-by-step loop.
+    v_aᵀ tanh(z) = 2 v_aᵀ σ(2z) − Σ v_a, and the constant − Σ v_a is left out: the softmax does not see it.
+    `test_fused_bahdanau_recurrence_equals_step_path` checks the loss and every gradient against the step loop.
     """
 
     @staticmethod
@@ -746,7 +812,7 @@ class RNNAttentionDecoder(nn.Module):
             weights = [
                 getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             ]
-            if self.is_lstm and ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.dtype == torch.float32:
+            if self.is_lstm and _onednn_fits(x, weights[0]):
                 x, c = _onednn_lstm_cell(x, state[0][layer], state[1][layer], *weights)  # (B, H) each
                 cells.append(c)
             elif self.is_lstm:
@@ -968,56 +1034,6 @@ class RNNAttentionCache:
 # ───────────────────────────────────────────── Output layer ────────────────────────────────────────────
 
 
-def _onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's linear op (`torch.ops.mkldnn._linear_pointwise`, what inductor uses)."""
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-ONEDNN_LINEAR = _onednn_linear_available()
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-def _plain_call(layer: nn.Module, x: torch.Tensor) -> bool:
-    """True when `layer(x)` must run as it is: not an `nn.Linear` in float32 on the CPU outside autocast, or hooked
-    (forward hooks, accelerate's `_hf_hook`), or oneDNN switched off."""
-    return (
-        not isinstance(layer, nn.Linear)
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or layer.weight.dtype != torch.float32
-        or x.numel() == 0
-        or not (x.is_contiguous() and layer.weight.is_contiguous())  # oneDNN's kernel for strided operands is slow
-        or torch.is_autocast_enabled("cpu")
-        or bool(layer._forward_hooks or layer._forward_pre_hooks)
-        or getattr(layer, "_hf_hook", None) is not None
-    )
-
-
-def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`, through oneDNN's linear for an `nn.Linear` on the CPU when nothing needs gradients (decoding).
-    PyTorch's CPU `F.linear` calls MKL, which on an AMD EPYC ran these shapes about twice as slowly as oneDNN
-    (measured on 2 cores: the output layer, 8,003 × 512, took 6.8 ms for 64 rows against 3.4 ms, and 2.1 ms for
-    one row against 0.9 ms); oneDNN is Intel's own and as fast there. The same values to float32 rounding."""
-    if not ONEDNN_LINEAR or torch.is_grad_enabled() or not torch.backends.mkldnn.enabled or _plain_call(layer, x):
-        return layer(x)
-    return _onednn_linear(x, layer.weight, layer.bias)
-
-
-def _onednn_lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch.lstm_cell(x, (h, c), …)` for inference on the CPU with both products through oneDNN (see [`linear`]):
-    2.2 ms against 3.6 ms at batch 64, input 768, hidden 512 on 2 cores. Returns h, c `(B, H)`."""
-    gates = _onednn_linear(x, w_ih, b_ih + b_hh).add_(_onednn_linear(h, w_hh, None))  # (B, 4H)
-    i, f, g, o = _lstm_gates_(gates, h.shape[1]).chunk(4, dim=1)  # σ, σ, tanh, σ
-    c = torch.addcmul(f * c, i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
-    return _tanh(c, out=torch.empty_like(c)).mul_(o), c  # h_t = o ⊙ tanh(c_t)
-
-
 class OutputLayerFunction(torch.autograd.Function):
     """logits = x Wᵀ + b for rows x `(N, E)` in training on the CPU, with the usual backward (two products).
 
@@ -1030,7 +1046,7 @@ class OutputLayerFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        if ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.is_contiguous() and weight.is_contiguous():
+        if _onednn_fits(x, weight):
             return _onednn_linear(x, weight, bias)  # (N, V)
         vocab = weight.shape[0]
         logits = x.new_empty(x.shape[0], -(-vocab // 64) * 64)[:, :vocab]  # (N, V), row stride a multiple of 64
@@ -1050,7 +1066,8 @@ class OutputLayerFunction(torch.autograd.Function):
 def output_layer(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """`head(hidden)` `(…, V)`: through [`linear`] in decoding, through [`OutputLayerFunction`] when training on the
     CPU (the result may then be a view with padded rows); otherwise `head(hidden)`."""
-    if not torch.is_grad_enabled() or _plain_call(head, hidden):
+    plain = not isinstance(head, nn.Linear) or _hooked(head) or hidden.device.type != "cpu"
+    if not torch.is_grad_enabled() or plain or hidden.dtype != head.weight.dtype or torch.is_autocast_enabled("cpu"):
         return linear(head, hidden)
     logits = OutputLayerFunction.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias)  # (N, V)
     return logits.view(*hidden.shape[:-1], logits.shape[-1])
