@@ -189,14 +189,24 @@ def test_inference_linear_equals_the_layer():
             torch.testing.assert_close(linear(layer, x), layer(x))
     x = torch.randn(4, 6, requires_grad=True)
     linear(layer, x).sum().backward()  # with gradients: nn.Linear's own path
-    assert x.grad is not None
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 6))
 
 
-def test_compute_logits_returns_a_contiguous_tensor_unless_asked_not_to():
-    model = tiny_model().eval()  # vocab_size 40 (not a multiple of 16)
+@pytest.mark.parametrize("onednn", [True, False])
+def test_compute_logits_returns_a_contiguous_tensor_unless_asked_not_to(onednn, monkeypatch):
+    """compute_logits() hands out contiguous logits; with contiguous=False the padded-row view may come back."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    monkeypatch.setattr(modeling_rnn_attention, "ONEDNN_LINEAR", onednn and modeling_rnn_attention.ONEDNN_LINEAR)
+    model = tiny_model(tie_word_embeddings=False).train()  # vocab_size 40 (not a multiple of 16); dropout 0
     hidden = torch.randn(3, 2, model.config.decoder_hidden_size)
-    assert model.compute_logits(hidden).is_contiguous()
-    torch.testing.assert_close(model.compute_logits(hidden, contiguous=False), model.compute_logits(hidden))
+    logits = model.compute_logits(hidden)
+    assert logits.is_contiguous()
+    torch.testing.assert_close(logits, model.lm_head(hidden))
+    view = model.compute_logits(hidden, contiguous=False)
+    torch.testing.assert_close(view, logits)
+    if not modeling_rnn_attention.ONEDNN_LINEAR:
+        assert view.stride(-2) == 64  # the padded rows, not copied
 
 
 def test_additive_score_is_bahdanaus_formula():
