@@ -1,0 +1,83 @@
+"""The kernel choices of the modeling file, measured at this model's shapes on this machine (2 threads).
+
+The CPU paths of `modeling_rnn_attention.py` pick one kernel over another: tanh through the sigmoid, oneDNN's linear
+over the MKL behind `F.linear`, an LSTM cell over `nn.LSTM` for one decoding step, rows padded to 64 floats for the
+8,003-wide output layer. This script times each pair, so the figures quoted in the docstrings and BENCHMARKS.md can
+be checked on any machine (a choice may not pay off on another CPU). Each figure is the lower quartile of repeated
+calls, in milliseconds.
+
+    python scripts/kernel_benchmark.py [--output runs/kernel_benchmark.json]
+"""
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from hf_rnn_attention.modeling_rnn_attention import ONEDNN_LINEAR, _onednn_linear, _onednn_lstm_cell, _tanh
+
+
+def timed(function, calls: int = 50) -> float:
+    for _ in range(5):
+        function()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return round(sorted(times)[calls // 4] * 1e3, 3)
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    results = {}
+
+    for shape in [(64, 2048), (41, 28, 512), (976, 512)]:  # LSTM gates, the additive score's z, W_c's output
+        x, out = torch.randn(*shape), torch.empty(*shape)
+        results[f"tanh {shape}"] = {"torch.tanh": timed(partial(torch.tanh, x, out=out)),
+                                    "2*sigmoid(2x)-1": timed(partial(_tanh, x, out=out))}  # fmt: skip
+
+    if ONEDNN_LINEAR:
+        for rows, inputs, outputs in [(1, 512, 8003), (64, 512, 8003), (976, 512, 8003), (64, 1024, 512)]:
+            x, weight, bias = torch.randn(rows, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
+            results[f"linear ({rows}, {inputs}) x ({inputs}, {outputs})"] = {
+                "F.linear (MKL)": timed(partial(F.linear, x, weight, bias)),
+                "oneDNN": timed(partial(_onednn_linear, x, weight, bias)),
+            }
+        padded = torch.empty(976, 8064)[:, :8003]
+        x, weight, bias = torch.randn(976, 512), torch.randn(8003, 512), torch.randn(8003)
+        results["linear (976, 512) x (512, 8003)"]["MKL into rows padded to 64"] = timed(
+            lambda: torch.addmm(bias, x, weight.t(), out=padded)
+        )
+
+    lstm = torch.nn.LSTM(768, 512, batch_first=True).eval()
+    x, h, c = torch.randn(64, 768), torch.randn(64, 512), torch.randn(64, 512)
+    weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+    step = {"nn.LSTM": timed(lambda: lstm(x[:, None], (h[None], c[None]))),
+            "torch.lstm_cell": timed(lambda: torch.lstm_cell(x, (h, c), *weights))}  # fmt: skip
+    if ONEDNN_LINEAR:
+        step["oneDNN cell"] = timed(lambda: _onednn_lstm_cell(x, h, c, *weights))
+    results["one LSTM step, batch 64, input 768, hidden 512"] = step
+
+    report = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": platform.processor() or
+              platform.machine(), "torch": torch.__version__, "onednn_linear": ONEDNN_LINEAR, "ms": results}  # fmt: skip
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None)
+    report["machine"] = cpu or report["machine"]
+    print(json.dumps(report, indent=2))
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(report, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
