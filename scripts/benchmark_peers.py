@@ -60,6 +60,8 @@ def timed(function):
 
 
 def decode(args) -> None:
+    if args.no_onednn:  # the model's CPU paths then use PyTorch's own layers (MKL): for the memory comparison
+        torch.backends.mkldnn.enabled = False
     model = RNNAttentionForConditionalGeneration.from_pretrained(args.model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     sources = Path(args.source).read_text(encoding="utf-8").splitlines()
@@ -67,7 +69,8 @@ def decode(args) -> None:
     # length_penalty 0: hypotheses ranked by their summed log-probability, as the peers do ("no length penalty")
     settings = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, length_penalty=0.0)
     translate(model, tokenizer, sources[:64], batch_size=args.batch_size, **settings)  # warm-up, not timed
-    result = {"model_dir": str(args.model_dir), "num_beams": args.num_beams, "sentences": len(sources)}
+    result = {"model_dir": str(args.model_dir), "num_beams": args.num_beams, "sentences": len(sources),
+              "onednn": torch.backends.mkldnn.enabled}  # fmt: skip
 
     hypotheses, seconds = timed(lambda: translate(model, tokenizer, sources, batch_size=args.batch_size, **settings))
     result["sorted"] = {"seconds": round(seconds, 2), "sent_s": round(len(sources) / seconds, 1),
@@ -185,6 +188,7 @@ def main() -> None:
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--max-new-tokens", type=int, default=100)
     d.add_argument("--output")
+    d.add_argument("--no-onednn", action="store_true", help="torch.backends.mkldnn.enabled = False")
     r = commands.add_parser("report")
     r.add_argument("--peers", default="/tmp/peers")
     r.add_argument("--runs", default="runs/benchmark_peers")
