@@ -871,6 +871,8 @@ class RNNAttentionDecoder(nn.Module):
             lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, embedded.shape[1])  # (B,) one sync
             if bool((lengths == embedded.shape[1]).all()):
                 lengths = None  # no padding to skip
+        if embedded.shape[1] == 1:  # one position (generate()'s cached step): the step itself, whatever the path
+            return self.step(embedded, memory, state, input_feed)
         if self.fast_path and self.can_run_parallel:
             return self._forward_parallel(embedded, memory, state, lengths)
         if self.fast_path and self.can_fuse(embedded):

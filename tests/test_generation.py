@@ -87,6 +87,26 @@ def test_finished_sentences_get_no_decoder_step(mode, variant):
     assert rows == [sum(length > step for length in lengths) for step in range(len(rows))]  # only running rows
 
 
+@pytest.mark.parametrize("mode", ["greedy", "beam"])
+def test_cached_steps_of_the_bahdanau_model_take_the_step_path(mode, monkeypatch):
+    """A cached step (one position) runs `decoder.step`, whose decoding products go through oneDNN, not the fused
+    teacher-forcing recurrence (MKL, plus packing for a single position: measured 9.7 against 12.9 ms a step at
+    batch 64). Teacher forcing over several positions still takes the fused recurrence."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    model = noisy_model(attention_type="additive", decoder_style="bahdanau", decoder_layers=1)  # fusable
+    fused = modeling_rnn_attention.FusedBahdanauRecurrence.apply
+    calls = []
+    monkeypatch.setattr(modeling_rnn_attention.FusedBahdanauRecurrence, "apply",
+                        lambda *args: calls.append(1) or fused(*args))  # fmt: skip
+    generate(model, mode, use_cache=True)
+    assert calls == []
+    input_ids, mask = random_batch(batch=3, source_len=7, lengths=[7, 4, 6], seed=5)
+    with torch.no_grad():
+        model(input_ids, attention_mask=mask, labels=input_ids)
+    assert calls == [1]
+
+
 def test_beam_cache_test_fails_when_reorder_cache_does_nothing(monkeypatch):
     """The equality above depends on reorder_cache: with a no-op reorder, beam search goes wrong."""
     model = noisy_model(attention_type="general", input_feeding=True)
