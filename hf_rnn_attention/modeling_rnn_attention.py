@@ -156,8 +156,33 @@ def _onednn_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x Wᵀ + b through oneDNN; no autograd (decoding, and the forward of [`OutputLayerFunction`])."""
+def _row_bucket(rows: int) -> int:
+    """`rows` rounded up to one of four sizes per octave above 8 (…, 8, 10, 12, 14, 16, 20, 24, …, 56, 64, 80, …):
+    at most a quarter more rows."""
+    if rows <= 8:
+        return rows
+    step = 1 << (rows.bit_length() - 3)
+    return -(-rows // step) * step
+
+
+def _onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bucket_rows: bool = False
+) -> torch.Tensor:
+    """x Wᵀ + b through oneDNN; no autograd (decoding, and the forward of [`OutputLayerFunction`]).
+
+    oneDNN builds and caches one primitive per input shape. Decoding meets every row count from the batch size
+    down to 1 as sentences finish, and the cached primitives cost memory: with `bucket_rows` the rows are padded
+    with zeros to [`_row_bucket`] (20 shapes for 1 to 64 rows instead of 64). Measured on test_2016 with the
+    peers' models (2 cores): peak RSS of greedy decoding 656 → 548 MB (Luong), of beam-5 decoding 892 → 675-732 MB
+    (Luong) and 902 → 730 MB (Bahdanau), at the same speed to within the noise (4.44 vs 4.50 s, alternating)."""
+    if bucket_rows:
+        size = x.shape[-1]
+        rows = x.numel() // size
+        padded = _row_bucket(rows)
+        if padded != rows:
+            flat = torch.cat([x.reshape(rows, size), x.new_zeros(padded - rows, size)])  # (padded, K)
+            out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")[:rows]  # (rows, N)
+            return out.view(*x.shape[:-1], out.shape[-1])
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -177,7 +202,7 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         or not _onednn_fits(x, layer.weight)
     ):
         return layer(x)
-    return _onednn_linear(x, layer.weight, layer.bias)
+    return _onednn_linear(x, layer.weight, layer.bias, bucket_rows=True)
 
 
 # ────────────────────────────────── Packed LSTM, fused for the CPU ──────────────────────────────────
@@ -204,7 +229,7 @@ def _lstm_gates_(gates: torch.Tensor, size: int) -> torch.Tensor:
 def _onednn_lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.lstm_cell(x, (h, c), …)` for inference on the CPU with both products through oneDNN (see [`linear`]):
     2.2 ms against 3.6 ms at batch 64, input 768, hidden 512 on 2 cores. Returns h, c `(B, H)`."""
-    gates = _onednn_linear(x, w_ih, b_ih + b_hh).add_(_onednn_linear(h, w_hh, None))  # (B, 4H)
+    gates = _onednn_linear(x, w_ih, b_ih + b_hh, True).add_(_onednn_linear(h, w_hh, None, True))  # (B, 4H)
     i, f, g, o = _lstm_gates_(gates, h.shape[1]).chunk(4, dim=1)  # σ, σ, tanh, σ
     c = torch.addcmul(f * c, i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
     return _tanh(c, out=torch.empty_like(c)).mul_(o), c  # h_t = o ⊙ tanh(c_t)
@@ -530,7 +555,7 @@ class AdditiveScore(nn.Module):
         z = query.unsqueeze(2) + keys.unsqueeze(1)  # (B, T, 1, A) + (B, 1, S, A) → (B, T, S, A)
         # v_aᵀ tanh(z) as 2 v_aᵀ σ(2z) − Σ v_a: the same score, and on the CPU PyTorch's sigmoid is several times
         # faster than its tanh (see `_tanh`)
-        return 2 * self.energy(torch.sigmoid(z.mul_(2))).squeeze(-1) - self.energy.weight.sum()  # (B, T, S)
+        return 2 * self.energy(z.mul_(2).sigmoid_()).squeeze(-1) - self.energy.weight.sum()  # (B, T, S)
 
 
 SCORE_FUNCTIONS = {"dot": DotScore, "scaled_dot": ScaledDotScore, "general": GeneralScore, "additive": AdditiveScore}

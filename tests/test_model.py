@@ -183,13 +183,26 @@ def test_inference_linear_equals_the_layer():
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 37)
-    for shape in [(6,), (4, 6), (4, 1, 6)]:
+    for shape in [(6,), (4, 6), (4, 1, 6), (9, 6), (33, 1, 6)]:  # 9 and 33 rows: padded to 10 and 40 for oneDNN
         x = torch.randn(*shape)
         with torch.no_grad():
-            torch.testing.assert_close(linear(layer, x), layer(x))
+            out = linear(layer, x)
+            torch.testing.assert_close(out, layer(x))
+            assert out.shape == (*shape[:-1], 37) and out.is_contiguous()
     x = torch.randn(4, 6, requires_grad=True)
     linear(layer, x).sum().backward()  # with gradients: nn.Linear's own path
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 6))
+
+
+def test_row_buckets_pad_by_at_most_a_quarter_and_leave_few_shapes():
+    """Decoding pads the rows of oneDNN products to a few sizes (each size costs a cached oneDNN primitive)."""
+    from hf_rnn_attention.modeling_rnn_attention import _row_bucket
+
+    buckets = [_row_bucket(rows) for rows in range(1, 321)]
+    assert buckets[:8] == list(range(1, 9))  # small batches: exact
+    assert all(rows <= bucket <= 1.25 * rows for rows, bucket in enumerate(buckets, start=1))
+    assert all(_row_bucket(bucket) == bucket for bucket in buckets)
+    assert len(set(buckets[:64])) == 20 and {64, 320} <= set(buckets)  # full batch, and 64 sentences x 5 beams
 
 
 @pytest.mark.parametrize("onednn", [True, False])
@@ -658,8 +671,8 @@ def test_label_smoothing_equals_the_trainers_label_smoother():
 def test_one_inference_step_by_cells_equals_the_rnn(rnn_type):
     """generate()'s steps on the CPU go through torch.lstm_cell / gru_cell layer by layer: nn.LSTM's values."""
     decoder = tiny_model(rnn_type=rnn_type).model.decoder  # 2 decoder layers
-    inputs = torch.randn(3, 1, decoder.rnn.input_size)
-    state = tuple(torch.randn(2, 3, decoder.rnn.hidden_size) for _ in range(2 if rnn_type == "lstm" else 1))
+    inputs = torch.randn(11, 1, decoder.rnn.input_size)  # 11 rows: padded to 12 for oneDNN's products
+    state = tuple(torch.randn(2, 11, decoder.rnn.hidden_size) for _ in range(2 if rnn_type == "lstm" else 1))
     with torch.no_grad():
         assert decoder._decodes_by_cells(inputs)
         outputs, new_state = decoder._rnn(inputs, state)
