@@ -165,6 +165,10 @@ def _row_bucket(rows: int) -> int:
     return -(-rows // step) * step
 
 
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 def _onednn_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bucket_rows: bool = False
 ) -> torch.Tensor:
@@ -173,17 +177,17 @@ def _onednn_linear(
     oneDNN builds and caches one primitive per input shape. Decoding meets every row count from the batch size
     down to 1 as sentences finish, and the cached primitives cost memory: with `bucket_rows` the rows are padded
     with zeros to [`_row_bucket`] (20 shapes for 1 to 64 rows instead of 64). Measured on test_2016 with the
-    peers' models (2 cores): peak RSS of greedy decoding 656 → 548 MB (Luong), of beam-5 decoding 892 → 675-732 MB
-    (Luong) and 902 → 730 MB (Bahdanau), at the same speed to within the noise (4.44 vs 4.50 s, alternating)."""
+    peers' models (2 cores, BENCHMARKS.md §4): peak RSS of greedy decoding 641 → 529-539 MiB (Luong), of beam-5
+    decoding 871 → 659-715 MiB (Luong) and 881 → 713 MiB (Bahdanau), at the same speed to within the noise."""
     if bucket_rows:
         size = x.shape[-1]
         rows = x.numel() // size
         padded = _row_bucket(rows)
         if padded != rows:
             flat = torch.cat([x.reshape(rows, size), x.new_zeros(padded - rows, size)])  # (padded, K)
-            out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")[:rows]  # (rows, N)
+            out = _onednn_product(flat, weight, bias)[:rows]  # (rows, N)
             return out.view(*x.shape[:-1], out.shape[-1])
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return _onednn_product(x, weight, bias)
 
 
 def _hooked(layer: nn.Module) -> bool:
@@ -229,7 +233,8 @@ def _lstm_gates_(gates: torch.Tensor, size: int) -> torch.Tensor:
 def _onednn_lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.lstm_cell(x, (h, c), …)` for inference on the CPU with both products through oneDNN (see [`linear`]):
     2.2 ms against 3.6 ms at batch 64, input 768, hidden 512 on 2 cores. Returns h, c `(B, H)`."""
-    gates = _onednn_linear(x, w_ih, b_ih + b_hh, True).add_(_onednn_linear(h, w_hh, None, True))  # (B, 4H)
+    gates = _onednn_linear(x, w_ih, b_ih + b_hh, bucket_rows=True)  # (B, 4H)
+    gates.add_(_onednn_linear(h, w_hh, None, bucket_rows=True))
     i, f, g, o = _lstm_gates_(gates, h.shape[1]).chunk(4, dim=1)  # σ, σ, tanh, σ
     c = torch.addcmul(f * c, i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
     return _tanh(c, out=torch.empty_like(c)).mul_(o), c  # h_t = o ⊙ tanh(c_t)

@@ -107,6 +107,35 @@ def test_cached_steps_of_the_bahdanau_model_take_the_step_path(mode, monkeypatch
     assert calls == [1]
 
 
+@pytest.mark.parametrize("mode", ["greedy", "beam"])
+def test_decoding_products_run_on_bucketed_row_counts(mode, monkeypatch):
+    """As sentences finish, every oneDNN product of a decoding step (LSTM cell, W_c, output layer) sees its rows
+    padded to a `_row_bucket` size: oneDNN caches one primitive per shape, and the shapes stay few."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    if not modeling_rnn_attention.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    product = modeling_rnn_attention._onednn_product
+    rows = []
+    monkeypatch.setattr(modeling_rnn_attention, "_onednn_product",
+                        lambda x, *args: rows.append(x.shape[0]) or product(x, *args))  # fmt: skip
+    model = tiny_model(seed=7, init_std=0.5, attention_type="general", decoder_layers=1)
+    input_ids, mask = random_batch(batch=24, source_len=7, seed=6)
+    lengths = []  # how many sentences (greedy) or beams each step decodes
+    model.model.decoder.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[0]))
+    bucket = modeling_rnn_attention._row_bucket
+    for bias in torch.arange(2.0, -3.0, -0.25).tolist():  # an EOS bias with which sentences end at different steps
+        with torch.no_grad():
+            model.lm_head.bias[model.config.eos_token_id] = bias
+        rows.clear()
+        lengths.clear()
+        model.generate(input_ids, attention_mask=mask, max_new_tokens=12, num_beams={"greedy": 1, "beam": 3}[mode])
+        if any(bucket(n) != n for n in lengths):
+            break
+    assert any(bucket(n) != n for n in lengths), lengths  # some steps ran a row count that needs padding
+    assert all(bucket(r) == r for r in rows), sorted(set(rows))  # and oneDNN saw only bucket sizes
+
+
 def test_beam_cache_test_fails_when_reorder_cache_does_nothing(monkeypatch):
     """The equality above depends on reorder_cache: with a no-op reorder, beam search goes wrong."""
     model = noisy_model(attention_type="general", input_feeding=True)
