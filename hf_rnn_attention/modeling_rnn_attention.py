@@ -1035,7 +1035,18 @@ class RNNAttentionCache:
         self.state = state  # (h,) or (h, c), each (L, B, H)
         self.input_feed = input_feed  # (B, H) or None
         self.seq_length = 0  # decoder tokens consumed so far
+        self.finished: torch.Tensor | None = None  # (B,) bool: the sentences that have been fed their EOS
         self._running: tuple[torch.Tensor, Memory] | None = None  # rows still decoding and their memory
+
+    def running_rows(self, tokens: torch.LongTensor, eos_token_id: int) -> torch.Tensor:
+        """`(B,)` True for the sentences still running at a step whose inputs are `tokens` `(B,)`: a sentence
+        finishes when its EOS comes back as its input, and stays finished whatever it is fed after (generate()
+        feeds padding). Padding fed to a sentence that has not ended is a real input: a model may predict it."""
+        finished = tokens.eq(eos_token_id)  # (B,)
+        if self.finished is not None and self.finished.shape == finished.shape:
+            finished |= self.finished
+        self.finished = finished
+        return ~finished
 
     def running_memory(self, rows: torch.LongTensor) -> Memory:
         """The memory of the sentences in `rows` (those still being decoded), kept until the rows change."""
@@ -1051,6 +1062,8 @@ class RNNAttentionCache:
         self.state = tuple(s.index_select(1, beam_idx.to(s.device)) for s in self.state)
         if self.input_feed is not None:
             self.input_feed = self.input_feed.index_select(0, beam_idx.to(self.input_feed.device))
+        if self.finished is not None:
+            self.finished = self.finished.index_select(0, beam_idx.to(self.finished.device))
         self._running = None
 
     def keep_rows(self, rows: torch.LongTensor) -> None:
@@ -1389,8 +1402,8 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             `Seq2SeqLMOutput`: `loss` (mean (label-smoothed, `config.label_smoothing`) cross-entropy over the
             labelled positions), `logits` `(B, T, V)` (with `labels`: 0 where the label is -100, as nothing reads
             them), `cross_attentions` `((B, T, S),)` when `output_attentions`, the cache when `use_cache`.
-            One cached step (`cache`, T = 1) decodes only the sentences still running: a row whose
-            input is EOS or padding (what generate() feeds after EOS) keeps its state and gets logits 0.
+            One cached step (`cache`, T = 1) decodes only the sentences still running: a row that has been
+            fed its EOS (and the padding generate() feeds after it) keeps its state and gets logits 0.
         """
         _check_kwargs(kwargs)
         output_attentions, output_hidden_states, return_dict = _output_flags(
@@ -1415,13 +1428,13 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         if use_cache is None:  # a cache that is passed in is always advanced
             use_cache = past_key_values is not None or (self.config.use_cache and labels is None and not self.training)
 
-        if use_cache and past_key_values is not None and labels is None and decoder_input_ids.shape[1] == 1:
-            # a sentence whose input is its EOS, or the padding generate() feeds after it, has finished:
+        eos = self.config.eos_token_id
+        cached_step = use_cache and past_key_values is not None and labels is None and decoder_input_ids.shape[1] == 1
+        if cached_step and eos is not None and self.config.decoder_start_token_id != eos:
+            # a sentence whose EOS came back as its input (generate() then feeds it padding) has finished:
             # decode only the sentences still running
-            ended = (self.config.pad_token_id, self.config.eos_token_id)
-            token = decoder_input_ids[:, 0]
-            running = token.ne(ended[0]) & token.ne(ended[1])  # (B,)
-            if self.config.decoder_start_token_id not in ended and not bool(running.all()):
+            running = past_key_values.running_rows(decoder_input_ids[:, 0], eos)  # (B,)
+            if not bool(running.all()):
                 return self._step_running_rows(decoder_input_ids, past_key_values, running, output_attentions,
                                                output_hidden_states, return_dict)  # fmt: skip
 
@@ -1507,6 +1520,82 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         "LogitNormalization",
     })  # fmt: skip
     _ROW_WISE_CRITERIA = frozenset({"MaxLengthCriteria", "EosTokenCriteria", "MaxTimeCriteria", "StopStringCriteria"})
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                streamer=None, **model_kwargs):  # fmt: skip
+        """Greedy decoding over the sentences still running, as Joey NMT and OpenNMT-py do.
+
+        transformers' loop carries every sentence to the end of the batch: at each step it copies, processes and
+        takes the argmax of all B rows of logits and feeds padding to the finished ones. This loop gives the same
+        sequences (the same logits processors and stopping criteria, on the rows they apply to), but a sentence
+        that has hit a stopping criterion (its EOS) leaves the batch: no more decoder steps, output rows, logits
+        processing or argmax for it. Each step is then what a hand-written greedy loop does.
+
+        `input_ids` `(B, P)`: the decoder prompt; returns the `(B, ≤ max_length)` sequences, padded after EOS.
+        Whatever this loop does not do goes to `GenerationMixin._sample`: sampling (whose random draws depend on
+        the batch rows), `return_dict_in_generate` (scores, attentions), a streamer, `synced_gpus`,
+        `use_cache=False`, other model inputs, no EOS, and logits processors or stopping criteria that are not
+        row by row.
+        """
+        cfg = generation_config
+        model_inputs = {"encoder_outputs", "attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
+        if (
+            synced_gpus
+            or streamer is not None
+            or cfg.do_sample
+            or cfg.return_dict_in_generate
+            or cfg.max_length is None
+            or cfg._pad_token_tensor is None
+            or not any(hasattr(c, "eos_token_id") for c in stopping_criteria)  # else finished rows are not padded
+            or not model_kwargs.get("use_cache", True)
+            or model_kwargs.get("encoder_outputs") is None
+            or any(value is not None for key, value in model_kwargs.items() if key not in model_inputs)
+            or any(type(p).__name__ not in self._ROW_WISE_PROCESSORS for p in logits_processor)
+            or any(type(c).__name__ not in self._ROW_WISE_CRITERIA for c in stopping_criteria)
+        ):
+            return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                                   streamer, **model_kwargs)  # fmt: skip
+        batch_size, prompt_len = input_ids.shape
+        max_length = max(cfg.max_length, prompt_len + 1)
+        done = torch.full((batch_size, max_length), int(cfg._pad_token_tensor), dtype=torch.long,
+                          device=input_ids.device)  # (B, L) the sequences, padded after EOS  # fmt: skip
+        done[:, :prompt_len] = input_ids
+        sequences = done.clone()  # (A, L) the A sentences still running (all B at first)
+        sentences = torch.arange(batch_size, device=input_ids.device)  # (A,) each one's place in the batch
+        outputs = self(
+            attention_mask=model_kwargs.get("attention_mask"),
+            encoder_outputs=model_kwargs["encoder_outputs"],
+            decoder_input_ids=input_ids,
+            use_cache=True,
+            return_dict=True,
+        )
+        cache, cur_len = outputs[CACHE_FIELD], prompt_len
+        logits = outputs.logits[:, -1, :]  # (A, V)
+        del outputs
+        decoder = self.model.decoder
+        while True:
+            scores = logits_processor(sequences[:, :cur_len], logits.float())  # (A, V)
+            tokens = scores.argmax(dim=-1)  # (A,)
+            sequences[:, cur_len] = tokens
+            cur_len += 1
+            stop = stopping_criteria(sequences[:, :cur_len], None)  # (A,) EOS, the length limit, …
+            if cur_len == max_length:
+                stop[:] = True
+            if bool(stop.any()):
+                ended = stop.nonzero().squeeze(1)
+                done[sentences[ended]] = sequences[ended]
+                keep = (~stop).nonzero().squeeze(1)  # (A',)
+                if keep.numel() == 0:
+                    break
+                sentences, sequences, tokens = sentences[keep], sequences[keep], tokens[keep]
+                cache.keep_rows(keep)
+            # one decoder step and one output row per running sentence: `decoder` and the output layer directly,
+            # as the cached step of forward() would (every row here is running)
+            decoded = decoder(tokens[:, None], cache.memory, cache.state, cache.input_feed)
+            cache.state, cache.input_feed = decoded.state, decoded.input_feed
+            cache.seq_length += 1
+            logits = self.compute_logits(decoded.attentional[:, -1], contiguous=False)  # (A, V)
+        return done[:, :cur_len]
 
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                      **model_kwargs):  # fmt: skip

@@ -372,3 +372,139 @@ def test_beam_search_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     monkeypatch.setattr(RNNAttentionCache, "keep_rows",
                         lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
     assert model.generate(input_ids, **settings).tolist() != reference.tolist()
+
+
+def transformers_greedy(model, *args, **kwargs):
+    """generate() through GenerationMixin's own greedy/sampling loop: the reference."""
+    original = type(model)._sample
+    type(model)._sample = GenerationMixin._sample
+    try:
+        return model.generate(*args, **kwargs)
+    finally:
+        type(model)._sample = original
+
+
+GREEDY_SETTINGS = [  # (max_new_tokens, extra)
+    (20, {}),
+    (20, {"no_repeat_ngram_size": 2, "min_new_tokens": 3}),
+    (20, {"repetition_penalty": 1.3, "bad_words_ids": [[5]]}),
+    (4, {}),  # every sentence stops at the length limit
+    (None, {"max_length": 9}),
+]
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_greedy_loop_drops_finished_sentences_and_equals_transformers_loop(variant, rnn_type, monkeypatch):
+    """The model's greedy loop gives transformers' sequences for every row-wise logits processor and stopping
+    criterion, while a sentence that has emitted its EOS leaves the batch: the decoder and the logits processors
+    see only the sentences still running (transformers' loop processes every row to the end)."""
+    from transformers.generation import logits_process
+
+    model = tiny_model(seed=7, init_std=0.5, attention_type=variant[0], decoder_style=variant[1],
+                       input_feeding=variant[2], rnn_type=rnn_type)  # fmt: skip
+    input_ids, mask = beam_batch()
+    rows, processed = [], []
+    model.model.decoder.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    penalty = logits_process.RepetitionPenaltyLogitsProcessor.__call__
+    monkeypatch.setattr(logits_process.RepetitionPenaltyLogitsProcessor, "__call__",
+                        lambda self, ids, scores: processed.append(scores.shape[0]) or penalty(self, ids, scores))  # fmt: skip
+    shrank = 0
+    for eos_bias in (0.0, 0.125, 0.25, 0.375):  # sentences end at different steps at some of these
+        with torch.no_grad():
+            model.lm_head.bias[model.config.eos_token_id] = eos_bias
+        for new_tokens, extra in GREEDY_SETTINGS:
+            settings = dict(attention_mask=mask, **extra) | ({"max_new_tokens": new_tokens} if new_tokens else {})
+            rows.clear()
+            processed.clear()
+            ours = model.generate(input_ids, **settings)
+            shrank += len(set(rows)) > 1
+            sequences = ours[:, 1:].tolist()
+            lengths = [row.index(2) + 1 if 2 in row else len(row) for row in sequences]  # EOS included
+            running = [sum(length > step for length in lengths) for step in range(len(sequences[0]))]
+            assert rows == [8] + running[1:]  # the prompt, then one step per token for the running sentences
+            assert processed in ([], running)
+            processed.clear()
+            reference = transformers_greedy(model, input_ids, **settings)
+            assert ours.tolist() == reference.tolist(), (eos_bias, settings)
+            assert processed in ([], [8] * len(running))
+    assert shrank >= 2
+
+
+def greedy_model():
+    """A tiny model with which the sentences of `beam_batch()` end at different steps in greedy decoding."""
+    model = tiny_model(seed=7, init_std=0.5, attention_type="general")
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = 0.0
+    return model
+
+
+def test_greedy_loop_test_fails_when_finished_sentences_keep_the_wrong_state(monkeypatch):
+    """The equality above depends on dropping the right rows: keeping the first rows instead breaks it."""
+    model = greedy_model()
+    input_ids, mask = beam_batch()
+    settings = dict(attention_mask=mask, max_new_tokens=20)
+    reference = transformers_greedy(model, input_ids, **settings)
+    assert model.generate(input_ids, **settings).tolist() == reference.tolist()
+    keep_rows = RNNAttentionCache.keep_rows
+    monkeypatch.setattr(RNNAttentionCache, "keep_rows",
+                        lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
+    assert model.generate(input_ids, **settings).tolist() != reference.tolist()
+
+
+def test_greedy_loop_falls_back_to_transformers_for_what_it_does_not_do():
+    """Per-step outputs, a streamer, a batch-aware logits processor and `use_cache=False` go through
+    transformers' loop and give the sequences of the model's loop."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.tokens = []
+
+        def put(self, value):
+            self.tokens.append(value.tolist())
+
+        def end(self):
+            pass
+
+    model = greedy_model()
+    input_ids, mask = beam_batch()
+    settings = dict(attention_mask=mask, max_new_tokens=20)
+    ours = model.generate(input_ids, **settings)
+    assert len({(row + [2]).index(2) for row in ours.tolist()}) > 1  # sentences end at different steps
+    with_scores = model.generate(input_ids, return_dict_in_generate=True, output_scores=True, **settings)
+    assert with_scores.sequences.tolist() == ours.tolist()
+    assert len(with_scores.scores) == ours.shape[1] - 1
+    streamer = Collect()
+    assert model.generate(input_ids[:1], attention_mask=mask[:1], streamer=streamer, max_new_tokens=20).tolist() \
+        == ours[:1, : len(streamer.tokens)].tolist()  # fmt: skip
+    assert model.generate(input_ids, use_cache=False, **settings).tolist() == ours.tolist()
+    allowed = lambda batch_id, prefix: list(range(3, 40)) if batch_id % 2 else list(range(2, 20))  # noqa: E731
+    constrained = model.generate(input_ids, prefix_allowed_tokens_fn=allowed, **settings)
+    assert constrained.tolist() == transformers_greedy(model, input_ids, prefix_allowed_tokens_fn=allowed,
+                                                       **settings).tolist()  # fmt: skip
+    assert constrained.tolist() != ours.tolist()
+
+
+@pytest.mark.parametrize("mode", ["greedy", "greedy-transformers", "sample"])
+def test_a_sentence_that_predicts_padding_keeps_decoding(mode):
+    """Padding fed to a sentence that has not emitted its EOS is a real input (the model predicted it), not a
+    finished sentence: every cached loop equals full recomputation, which feeds it like any other token."""
+    model = tiny_model(seed=7, init_std=0.5)
+    input_ids, mask = beam_batch()
+    with torch.no_grad():
+        model.lm_head.bias[model.config.pad_token_id] = 0.2  # padding predicted mid-sentence by some sentences
+        model.lm_head.bias[model.config.eos_token_id] = -1.0
+    settings = dict(attention_mask=mask, max_new_tokens=12)
+    if mode == "sample":
+        settings.update(do_sample=True, top_k=3)
+    runs = {}
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        if mode == "greedy-transformers":
+            runs[use_cache] = transformers_greedy(model, input_ids, use_cache=use_cache, **settings)
+        else:
+            runs[use_cache] = model.generate(input_ids, use_cache=use_cache, **settings)
+    padding_inside = runs[False][:, 1:-1] == model.config.pad_token_id
+    assert padding_inside.any() and not padding_inside.all()
+    assert runs[True].tolist() == runs[False].tolist()
