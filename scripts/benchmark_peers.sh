@@ -34,6 +34,10 @@ decode() {  # decode NAME: greedy and beam 5 on test_2016_flickr, each a fresh p
   for b in 1 5; do
     timed "decode_$1_b$b" "$BIN/python" scripts/benchmark_peers.py decode "$OUT/$1" --num-beams "$b" \
         --source "$PEERS/data/test.raw.de" --reference "$PEERS/data/test.raw.en" --output "$OUT/$1/decode_b$b.json"
+    # the peak memory of decoding, from what a user runs (as the peers' `joeynmt test` / `onmt_translate`): the
+    # translate command alone, not the timing script's extra passes; its translations go to the log
+    timed "translate_$1_b$b" "$BIN/hf-rnn-attention" translate "$OUT/$1" --input "$PEERS/data/test.raw.de" \
+        --num-beams "$b" --batch-size 64 --max-new-tokens 100
   done
 }
 
