@@ -55,6 +55,17 @@ def test_translate_command_reads_stdin(demo_dir, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == ["2021-03-03", "1999-12-31"]
 
 
+def test_the_translate_command_imports_no_training_or_metrics_libraries():
+    """Decoding's peak memory is compared with Joey NMT's (BENCHMARKS §4): the translate command's imports leave out
+    the Trainer, datasets and sacreBLEU (measured: about 95 and 5 MB)."""
+    import subprocess
+
+    code = ("import sys; from hf_rnn_attention import cli; from hf_rnn_attention.inference import translate; "
+            "print(sorted(m for m in ('sacrebleu', 'transformers.trainer', 'datasets', 'evaluate') if m in sys.modules))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_train_refuses_to_overwrite_a_saved_model(demo_dir):
     with pytest.raises(SystemExit, match="--overwrite"):
         main(["demo", "--output-dir", str(demo_dir), *TINY_DEMO])
