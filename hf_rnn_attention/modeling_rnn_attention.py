@@ -1521,6 +1521,32 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
     })  # fmt: skip
     _ROW_WISE_CRITERIA = frozenset({"MaxLengthCriteria", "EosTokenCriteria", "MaxTimeCriteria", "StopStringCriteria"})
 
+    def _own_loop_applies(self, cfg, logits_processor, stopping_criteria, synced_gpus, model_kwargs) -> bool:
+        """Whether the model's own decoding loops (`_sample`, `_beam_search`) can do what generate() asked: no
+        sampling, the cache, only the sequences returned, the encoder outputs (and attention mask) as the only
+        model inputs, and logits processors and stopping criteria that look at each row on its own."""
+        model_inputs = {"encoder_outputs", "attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
+        return not (
+            synced_gpus
+            or cfg.do_sample
+            or cfg.return_dict_in_generate
+            or not model_kwargs.get("use_cache", True)
+            or model_kwargs.get("encoder_outputs") is None
+            or any(value is not None for key, value in model_kwargs.items() if key not in model_inputs)
+            or any(type(p).__name__ not in self._ROW_WISE_PROCESSORS for p in logits_processor)
+            or any(type(c).__name__ not in self._ROW_WISE_CRITERIA for c in stopping_criteria)
+        )
+
+    def _decode_prompt(self, input_ids, model_kwargs) -> Seq2SeqLMOutput:
+        """The own loops' first step: the decoder over the whole prompt `input_ids` `(N, P)`, starting the cache."""
+        return self(
+            attention_mask=model_kwargs.get("attention_mask"),
+            encoder_outputs=model_kwargs["encoder_outputs"],
+            decoder_input_ids=input_ids,
+            use_cache=True,
+            return_dict=True,
+        )
+
     def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 streamer=None, **model_kwargs):  # fmt: skip
         """Greedy decoding over the sentences still running, as Joey NMT and OpenNMT-py do.
@@ -1538,20 +1564,12 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         row by row.
         """
         cfg = generation_config
-        model_inputs = {"encoder_outputs", "attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
         if (
-            synced_gpus
+            not self._own_loop_applies(cfg, logits_processor, stopping_criteria, synced_gpus, model_kwargs)
             or streamer is not None
-            or cfg.do_sample
-            or cfg.return_dict_in_generate
             or cfg.max_length is None
             or cfg._pad_token_tensor is None
             or not any(hasattr(c, "eos_token_id") for c in stopping_criteria)  # else finished rows are not padded
-            or not model_kwargs.get("use_cache", True)
-            or model_kwargs.get("encoder_outputs") is None
-            or any(value is not None for key, value in model_kwargs.items() if key not in model_inputs)
-            or any(type(p).__name__ not in self._ROW_WISE_PROCESSORS for p in logits_processor)
-            or any(type(c).__name__ not in self._ROW_WISE_CRITERIA for c in stopping_criteria)
         ):
             return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
                                    streamer, **model_kwargs)  # fmt: skip
@@ -1562,13 +1580,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         done[:, :prompt_len] = input_ids
         sequences = done.clone()  # (A, L) the A sentences still running (all B at first)
         sentences = torch.arange(batch_size, device=input_ids.device)  # (A,) each one's place in the batch
-        outputs = self(
-            attention_mask=model_kwargs.get("attention_mask"),
-            encoder_outputs=model_kwargs["encoder_outputs"],
-            decoder_input_ids=input_ids,
-            use_cache=True,
-            return_dict=True,
-        )
+        outputs = self._decode_prompt(input_ids, model_kwargs)
         cache, cur_len = outputs[CACHE_FIELD], prompt_len
         logits = outputs.logits[:, -1, :]  # (A, V)
         del outputs
@@ -1613,18 +1625,8 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         inputs, and logits processors or stopping criteria that are not row by row.
         """
         cfg = generation_config
-        model_inputs = {"encoder_outputs", "attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
-        if (
-            synced_gpus
-            or cfg.do_sample
-            or cfg.return_dict_in_generate
-            or cfg.low_memory
-            or not model_kwargs.get("use_cache", True)
-            or model_kwargs.get("encoder_outputs") is None
-            or any(value is not None for key, value in model_kwargs.items() if key not in model_inputs)
-            or any(type(p).__name__ not in self._ROW_WISE_PROCESSORS for p in logits_processor)
-            or any(type(c).__name__ not in self._ROW_WISE_CRITERIA for c in stopping_criteria)
-        ):
+        if cfg.low_memory or not self._own_loop_applies(cfg, logits_processor, stopping_criteria, synced_gpus,
+                                                        model_kwargs):  # fmt: skip
             return super()._beam_search(
                 input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs
             )
@@ -1654,13 +1656,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         done_sequences, done_lengths = finished.clone(), torch.zeros(batch_size, num_beams, dtype=torch.long,
                                                                      device=device)  # fmt: skip
 
-        outputs = self(
-            attention_mask=model_kwargs.get("attention_mask"),
-            encoder_outputs=model_kwargs["encoder_outputs"],
-            decoder_input_ids=input_ids,
-            use_cache=True,
-            return_dict=True,
-        )
+        outputs = self._decode_prompt(input_ids, model_kwargs)
         cache, cur_len = outputs[CACHE_FIELD], prompt_len
         while True:
             active = sentences.shape[0]

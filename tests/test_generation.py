@@ -287,14 +287,17 @@ BEAM_SETTINGS = [  # (num_beams, length_penalty, early_stopping, num_return_sequ
 ]
 
 
-def transformers_beam_search(model, *args, **kwargs):
-    """generate() through GenerationMixin's own beam search loop: the reference."""
-    original = type(model)._beam_search
-    type(model)._beam_search = GenerationMixin._beam_search
+def transformers_generate(model, *args, **kwargs):
+    """generate() through GenerationMixin's own greedy/sampling and beam search loops: the reference for the
+    model's loops."""
+    originals = {name: getattr(type(model), name) for name in ("_sample", "_beam_search")}
+    for name in originals:
+        setattr(type(model), name, getattr(GenerationMixin, name))
     try:
         return model.generate(*args, **kwargs)
     finally:
-        type(model)._beam_search = original
+        for name, method in originals.items():
+            setattr(type(model), name, method)
 
 
 def beam_batch():
@@ -335,7 +338,7 @@ def test_beam_search_drops_finished_sentences_and_equals_transformers_loop(varia
             ours_rows += sum(rows)
             shrank += len(set(rows)) > 1  # sentences left the batch
             rows.clear()
-            reference = transformers_beam_search(model, input_ids, **settings)
+            reference = transformers_generate(model, input_ids, **settings)
             reference_rows += sum(rows)
             assert ours.tolist() == reference.tolist(), (eos_bias, settings)
     assert shrank >= 3 and ours_rows < 0.95 * reference_rows, (shrank, ours_rows, reference_rows)
@@ -356,7 +359,7 @@ def test_beam_search_falls_back_to_transformers_for_what_it_does_not_do():
 
     allowed = lambda batch_id, prefix: list(range(3, 40)) if batch_id % 2 else list(range(2, 20))  # noqa: E731
     constrained = model.generate(input_ids, prefix_allowed_tokens_fn=allowed, **settings)
-    assert constrained.tolist() == transformers_beam_search(model, input_ids, prefix_allowed_tokens_fn=allowed,
+    assert constrained.tolist() == transformers_generate(model, input_ids, prefix_allowed_tokens_fn=allowed,
                                                             **settings).tolist()  # fmt: skip
     assert constrained.tolist() != ours.tolist()
 
@@ -366,22 +369,12 @@ def test_beam_search_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     model = beam_model()
     input_ids, mask = beam_batch()
     settings = dict(attention_mask=mask, num_beams=4, max_new_tokens=20)
-    reference = transformers_beam_search(model, input_ids, **settings)
+    reference = transformers_generate(model, input_ids, **settings)
     assert model.generate(input_ids, **settings).tolist() == reference.tolist()
     keep_rows = RNNAttentionCache.keep_rows
     monkeypatch.setattr(RNNAttentionCache, "keep_rows",
                         lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
     assert model.generate(input_ids, **settings).tolist() != reference.tolist()
-
-
-def transformers_greedy(model, *args, **kwargs):
-    """generate() through GenerationMixin's own greedy/sampling loop: the reference."""
-    original = type(model)._sample
-    type(model)._sample = GenerationMixin._sample
-    try:
-        return model.generate(*args, **kwargs)
-    finally:
-        type(model)._sample = original
 
 
 GREEDY_SETTINGS = [  # (max_new_tokens, extra)
@@ -409,7 +402,7 @@ def test_greedy_loop_drops_finished_sentences_and_equals_transformers_loop(varia
     penalty = logits_process.RepetitionPenaltyLogitsProcessor.__call__
     monkeypatch.setattr(logits_process.RepetitionPenaltyLogitsProcessor, "__call__",
                         lambda self, ids, scores: processed.append(scores.shape[0]) or penalty(self, ids, scores))  # fmt: skip
-    shrank = 0
+    shrank = spied = 0
     for eos_bias in (0.0, 0.125, 0.25, 0.375):  # sentences end at different steps at some of these
         with torch.no_grad():
             model.lm_head.bias[model.config.eos_token_id] = eos_bias
@@ -424,11 +417,12 @@ def test_greedy_loop_drops_finished_sentences_and_equals_transformers_loop(varia
             running = [sum(length > step for length in lengths) for step in range(len(sequences[0]))]
             assert rows == [8] + running[1:]  # the prompt, then one step per token for the running sentences
             assert processed in ([], running)
+            spied += bool(processed)
             processed.clear()
-            reference = transformers_greedy(model, input_ids, **settings)
+            reference = transformers_generate(model, input_ids, **settings)
             assert ours.tolist() == reference.tolist(), (eos_bias, settings)
             assert processed in ([], [8] * len(running))
-    assert shrank >= 2
+    assert shrank >= 2 and spied == 4  # the repetition-penalty setting ran the spied processor at every bias
 
 
 def greedy_model():
@@ -444,7 +438,7 @@ def test_greedy_loop_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     model = greedy_model()
     input_ids, mask = beam_batch()
     settings = dict(attention_mask=mask, max_new_tokens=20)
-    reference = transformers_greedy(model, input_ids, **settings)
+    reference = transformers_generate(model, input_ids, **settings)
     assert model.generate(input_ids, **settings).tolist() == reference.tolist()
     keep_rows = RNNAttentionCache.keep_rows
     monkeypatch.setattr(RNNAttentionCache, "keep_rows",
@@ -476,12 +470,13 @@ def test_greedy_loop_falls_back_to_transformers_for_what_it_does_not_do():
     assert with_scores.sequences.tolist() == ours.tolist()
     assert len(with_scores.scores) == ours.shape[1] - 1
     streamer = Collect()
-    assert model.generate(input_ids[:1], attention_mask=mask[:1], streamer=streamer, max_new_tokens=20).tolist() \
-        == ours[:1, : len(streamer.tokens)].tolist()  # fmt: skip
+    streamed = model.generate(input_ids[:1], attention_mask=mask[:1], streamer=streamer, max_new_tokens=20)
+    assert [token for step in streamer.tokens for token in torch.tensor(step).view(-1).tolist()] == streamed[0].tolist()
+    assert streamed.tolist() == ours[:1, : streamed.shape[1]].tolist()
     assert model.generate(input_ids, use_cache=False, **settings).tolist() == ours.tolist()
     allowed = lambda batch_id, prefix: list(range(3, 40)) if batch_id % 2 else list(range(2, 20))  # noqa: E731
     constrained = model.generate(input_ids, prefix_allowed_tokens_fn=allowed, **settings)
-    assert constrained.tolist() == transformers_greedy(model, input_ids, prefix_allowed_tokens_fn=allowed,
+    assert constrained.tolist() == transformers_generate(model, input_ids, prefix_allowed_tokens_fn=allowed,
                                                        **settings).tolist()  # fmt: skip
     assert constrained.tolist() != ours.tolist()
 
@@ -502,7 +497,7 @@ def test_a_sentence_that_predicts_padding_keeps_decoding(mode):
     for use_cache in (True, False):
         torch.manual_seed(0)
         if mode == "greedy-transformers":
-            runs[use_cache] = transformers_greedy(model, input_ids, use_cache=use_cache, **settings)
+            runs[use_cache] = transformers_generate(model, input_ids, use_cache=use_cache, **settings)
         else:
             runs[use_cache] = model.generate(input_ids, use_cache=use_cache, **settings)
     padding_inside = runs[False][:, 1:-1] == model.config.pad_token_id
