@@ -240,6 +240,21 @@ def _onednn_lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, to
     return _tanh(c, out=torch.empty_like(c)).mul_(o), c  # h_t = o ⊙ tanh(c_t)
 
 
+def fused_product_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype of the fused training loops' matrix products: bfloat16 under CPU autocast to bfloat16, else None
+    (the inputs' own dtype). With it the loops keep their states, gates and attention in float32 and round only
+    the products' operands to bfloat16 (float32 accumulation, bfloat16 results), where autocast would run a whole
+    `nn.LSTM` in bfloat16. On a CPU with AVX-512 BF16 those products run 2.5-3× faster than in float32."""
+    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return None
+
+
+def _low(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """`x` in the product dtype (no copy without one)."""
+    return x if dtype is None else x.to(dtype)
+
+
 class PackedLSTMRecurrence(torch.autograd.Function):
     """One direction of one LSTM layer over a packed batch, with a written-out backward.
 
@@ -250,13 +265,17 @@ class PackedLSTMRecurrence(torch.autograd.Function):
     fills a zero tensor the size of the whole input for each step's slice and adds a full W_hh gradient. Here the
     forward runs unrecorded into packed buffers and the backward gives W_hh's gradient as one product over all
     steps. Rows are sorted longest first (a `PackedSequence`'s layout); the reverse direction starts each row
-    at its own last token, as PyTorch's does.
+    at its own last token, as PyTorch's does. With a product dtype `low` (bf16, see [`fused_product_dtype`]) the
+    products W_hh h_{t-1} take their operands in it and everything else stays in W_hh's dtype.
     """
 
     @staticmethod
-    def forward(ctx, input_gates, h0, c0, w_hh, batch_sizes, reverse):
-        """input_gates `(N, 4H)` packed; h0, c0 `(B, H)`; w_hh `(4H, H)`; batch_sizes (list of int, n_0 = B).
-        Returns the packed states `(N, H)` and each row's last state h, c `(B, H)`."""
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under autocast: float32 in, autocast off
+    def forward(ctx, input_gates, h0, c0, w_hh, batch_sizes, reverse, low=None):
+        """input_gates `(N, 4H)` packed; h0, c0 `(B, H)`; w_hh `(4H, H)`; batch_sizes (list of int, n_0 = B);
+        low: the products' dtype or None. Returns the packed states `(N, H)`
+        and each row's last state h, c `(B, H)`."""
+        w_low = _low(w_hh, low)
         size, total = w_hh.shape[1], input_gates.shape[0]
         new = input_gates.new_empty
         states, cells, tanh_cells = new(total, size), new(total, size), new(total, size)
@@ -267,19 +286,24 @@ class PackedLSTMRecurrence(torch.autograd.Function):
         for t in reversed(range(len(batch_sizes))) if reverse else range(len(batch_sizes)):
             n, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
             previous_h[rows], previous_c[rows] = h[:n], c[:n]
-            g = torch.addmm(input_gates[rows], h[:n], w_hh.t(), out=gates[rows])  # (n, 4H)
+            if low is None:
+                g = torch.addmm(input_gates[rows], h[:n], w_hh.t(), out=gates[rows])  # (n, 4H)
+            else:
+                g = torch.add(input_gates[rows], _low(h[:n], low) @ w_low.t(), out=gates[rows])  # (n, 4H)
             i, f, cand, o = _lstm_gates_(g, size).chunk(4, dim=1)  # σ, σ, tanh, σ
             c_t = torch.mul(f, previous_c[rows], out=cells[rows]).addcmul_(i, cand)
             h_t = torch.mul(o, _tanh(c_t, out=tanh_cells[rows]), out=states[rows])
             h[:n], c[:n] = h_t, c_t
-        ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
+        ctx.batch_sizes, ctx.reverse, ctx.low = batch_sizes, reverse, low
         ctx.save_for_backward(w_hh, tanh_cells, gates, previous_h, previous_c)
         return states, h, c
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_states, grad_h_last, grad_c_last):
         w_hh, tanh_cells, gates, previous_h, previous_c = ctx.saved_tensors
-        batch_sizes, size = ctx.batch_sizes, w_hh.shape[1]
+        batch_sizes, size, low = ctx.batch_sizes, w_hh.shape[1], ctx.low
+        w_low = _low(w_hh, low)
         batch = batch_sizes[0]
         grad_h = grad_h_last.clone() if grad_h_last is not None else w_hh.new_zeros(batch, size)  # carries (B, H)
         grad_c = grad_c_last.clone() if grad_c_last is not None else w_hh.new_zeros(batch, size)
@@ -297,8 +321,9 @@ class PackedLSTMRecurrence(torch.autograd.Function):
             torch.mul(grad_m * i, 1 - cand * cand, out=gg)
             torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
             grad_c[:n] = grad_m * f
-            grad_h[:n] = grad_gates[rows] @ w_hh  # ∂L/∂h_{t-1}
-        return grad_gates, grad_h, grad_c, grad_gates.t() @ previous_h, None, None
+            grad_h[:n] = _low(grad_gates[rows], low) @ w_low  # ∂L/∂h_{t-1}
+        grad_w_hh = (_low(grad_gates, low).t() @ _low(previous_h, low)).to(w_hh.dtype)  # (4H, H)
+        return grad_gates, grad_h, grad_c, grad_w_hh, None, None, None
 
 
 def _offsets(batch_sizes: list[int]) -> list[int]:
@@ -321,7 +346,7 @@ def packed_lstm(lstm: nn.LSTM, packed: PackedSequence, state: tuple[torch.Tensor
         state = (data.new_zeros(lstm.num_layers * directions, batch, size),) * 2
     elif packed.sorted_indices is not None:
         state = tuple(s.index_select(1, packed.sorted_indices) for s in state)
-    last_h, last_c = [], []
+    last_h, last_c, low = [], [], fused_product_dtype(data.device)
     for layer in range(lstm.num_layers):
         suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
         w_ih = torch.cat([getattr(lstm, "weight_ih" + s) for s in suffixes])  # (D·4H, input)
@@ -331,7 +356,7 @@ def packed_lstm(lstm: nn.LSTM, packed: PackedSequence, state: tuple[torch.Tensor
         for d, suffix in enumerate(suffixes):
             index = layer * directions + d
             states, h, c = PackedLSTMRecurrence.apply(input_gates[d], state[0][index], state[1][index],
-                                                      getattr(lstm, "weight_hh" + suffix), batch_sizes, d == 1)  # fmt: skip
+                                                      getattr(lstm, "weight_hh" + suffix), batch_sizes, d == 1, low)  # fmt: skip
             outputs.append(states)
             last_h.append(h)
             last_c.append(c)
@@ -349,10 +374,12 @@ FUSED_LSTM_MIN_SIZE = 256  # hidden size from which packed_lstm trains faster th
 
 def run_packed(rnn: nn.Module, packed: PackedSequence, state=None):
     """`rnn(packed, state)`, through [`packed_lstm`] for an LSTM of hidden size ≥ `FUSED_LSTM_MIN_SIZE` that trains
-    on the CPU outside autocast. cuDNN, GRUs, inference (where PyTorch's forward is the faster) and small layers
-    (the built-in demo's 64 units trained faster through PyTorch's own, measured) keep PyTorch's own."""
+    on the CPU, in float32 or under autocast to bfloat16 (bf16 products, float32 states: [`fused_product_dtype`]).
+    cuDNN, GRUs, inference (where PyTorch's forward is the faster), other autocast dtypes and small layers (the
+    built-in demo's 64 units trained faster through PyTorch's own, measured) keep PyTorch's own."""
     data = packed.data
-    on_cpu = data.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+    autocast_fits = not torch.is_autocast_enabled("cpu") or fused_product_dtype(data.device) is not None
+    on_cpu = data.device.type == "cpu" and autocast_fits and torch.is_grad_enabled()
     fits = isinstance(rnn, nn.LSTM) and rnn.hidden_size >= FUSED_LSTM_MIN_SIZE and rnn.proj_size == 0 and rnn.bias
     if fits and on_cpu:
         return packed_lstm(rnn, packed, state)
@@ -624,19 +651,23 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input_gates, h0, c0, keys, values, mask_bias, w_context, w_hh, w_query, energy, batch_sizes):
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under autocast: float32 in, autocast off
+    def forward(
+        ctx, input_gates, h0, c0, keys, values, mask_bias, w_context, w_hh, w_query, energy, batch_sizes, low=None
+    ):
         """
         Args:
             input_gates (`(N, 4H)`): x_t for every real position, packed time-major (N = Σ_t n_t).
             h0, c0 (`(B, H)`): the initial state. keys (`(B, S, A)`), values (`(B, S, M)`), mask_bias (`(B, S)`).
             w_context (`(4H, M)`): W_ic; w_hh (`(4H, H)`); w_query (`(A, H)`): W_a; energy (`(A,)`): v_a.
-            batch_sizes (list of int): n_t, non-increasing, n_0 = B.
+            batch_sizes (list of int): n_t, non-increasing, n_0 = B. low: the products' dtype, or None.
         Returns:
             packed states s_t (`(N, H)`), contexts c_t (`(N, M)`) and weights a_t (`(N, S)`); each row's
             state after its last step, s and m (`(B, H)` each).
         """
         size, total = w_hh.shape[1], input_gates.shape[0]
         w_recurrent = torch.cat([w_hh, w_query], dim=0)  # (4H + A, H): W_hh s and W_a s in one product
+        w_recurrent_low, w_context_low = _low(w_recurrent, low), _low(w_context, low)
         new = input_gates.new_empty
         states, cells, tanh_cells = new(total, size), new(total, size), new(total, size)  # s_t, m_t, tanh(m_t)
         gates = new(total, 4 * size)  # i, f, g, o after their nonlinearities
@@ -647,7 +678,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
         h, c, offset = h0, c0, 0
         for t, n in enumerate(batch_sizes):
             rows = slice(offset, offset + n)
-            recurrent = h[:n] @ w_recurrent.t()  # (n, 4H + A)
+            recurrent = _low(h[:n], low) @ w_recurrent_low.t()  # (n, 4H + A)
             sig_t = torch.add(
                 keys2[:n], recurrent[:, None, 4 * size :], alpha=2, out=hidden[rows]
             ).sigmoid_()  # (n, S, A)
@@ -656,7 +687,10 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             a.copy_(torch.softmax(scores, dim=-1))
             context = contexts[rows]  # (n, M)
             torch.bmm(a.unsqueeze(1), values[:n], out=context.unsqueeze(1))  # (n, 1, S) x (n, S, M)
-            g = torch.addmm(input_gates[rows], context, w_context.t(), out=gates[rows])  # (n, 4H)
+            if low is None:
+                g = torch.addmm(input_gates[rows], context, w_context.t(), out=gates[rows])  # (n, 4H)
+            else:
+                g = torch.add(input_gates[rows], _low(context, low) @ w_context_low.t(), out=gates[rows])
             g.add_(recurrent[:, : 4 * size])
             i, f, cand, o = _lstm_gates_(g, size).chunk(4, dim=1)  # σ, σ, tanh, σ: (n, H) each
             c = torch.mul(f, c[:n], out=cells[rows]).addcmul_(i, cand)  # m_t
@@ -664,16 +698,18 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             ending = batch_sizes[t + 1] if t + 1 < len(batch_sizes) else 0  # rows ending..n-1 end here
             h_last[ending:n], c_last[ending:n] = h[ending:], c[ending:]
             offset += n
-        ctx.batch_sizes = batch_sizes
+        ctx.batch_sizes, ctx.low = batch_sizes, low
         ctx.save_for_backward(h0, c0, keys, values, w_context, w_recurrent, energy,
                               states, cells, tanh_cells, gates, contexts, weights, hidden)  # fmt: skip
         return states, contexts, weights, h_last, c_last
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_states, grad_contexts, grad_weights, grad_h_last, grad_c_last):
         (h0, c0, keys, values, w_context, w_recurrent, energy,
          states, cells, tanh_cells, gates, contexts, weights, hidden) = ctx.saved_tensors  # fmt: skip
-        batch_sizes = ctx.batch_sizes
+        batch_sizes, low = ctx.batch_sizes, ctx.low
+        w_recurrent_low, w_context_low = _low(w_recurrent, low), _low(w_context, low)
         size, total = h0.shape[1], states.shape[0]
 
         def zeros_if_none(grad, like):
@@ -705,7 +741,11 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             torch.mul(grad_m * i, 1 - cand * cand, out=gg)
             torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
             grad_c[:n] = grad_m * f
-            grad_context = torch.addmm(grad_contexts[rows], grad_g, w_context, out=grad_context_total[rows])
+            if low is None:
+                grad_context = torch.addmm(grad_contexts[rows], grad_g, w_context, out=grad_context_total[rows])
+            else:
+                grad_context = torch.add(grad_contexts[rows], _low(grad_g, low) @ w_context_low,
+                                         out=grad_context_total[rows])  # fmt: skip
             a = weights[rows]  # (n, S)
             grad_a = torch.bmm(values[:n], grad_context.unsqueeze(2)).squeeze(2)  # (n, S, M) x (n, M, 1) → (n, S)
             if grad_weights is not None:
@@ -717,15 +757,15 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             grad_pre.mul_(grad_e.unsqueeze(2)).mul_(energy4)  # ∂L/∂z: (n, S, A)
             grad_keys[:n] += grad_pre
             torch.sum(grad_pre, dim=1, out=grad_recurrent[rows, 4 * size :])  # ∂L/∂(W_a s_{t-1}): (n, A)
-            grad_h[:n] = grad_recurrent[rows] @ w_recurrent  # ∂L/∂s_{t-1}: (n, H)
+            grad_h[:n] = _low(grad_recurrent[rows], low) @ w_recurrent_low  # ∂L/∂s_{t-1}: (n, H)
 
         # the weight gradients, each one product over all steps
         previous = torch.cat(
             [h0] + [states[offsets[t - 1] : offsets[t - 1] + n] for t, n in enumerate(batch_sizes) if t]
         )
-        grad_w_recurrent = grad_recurrent.t() @ previous  # (4H + A, H)
+        grad_w_recurrent = (_low(grad_recurrent, low).t() @ _low(previous, low)).to(h0.dtype)  # (4H + A, H)
         grad_gates = grad_recurrent[:, : 4 * size]  # (N, 4H)
-        grad_w_context = grad_gates.t() @ contexts  # (4H, M)
+        grad_w_context = (_low(grad_gates, low).t() @ _low(contexts, low)).to(h0.dtype)  # (4H, M)
         # ∂L/∂v_a = Σ ∂L/∂e · tanh(z) = 2 Σ ∂L/∂e · σ(2z) − Σ ∂L/∂e: (1, N·S) x (N·S, A)
         grad_energy = (grad_scores.reshape(1, -1) @ hidden.reshape(-1, hidden.shape[2])).mul_(2).sub_(grad_scores.sum())
         # ∂L/∂h̄_s = Σ_t a_t(s) ∂L/∂c_t, per row: the packed steps of each row, padded, in one batched product
@@ -738,7 +778,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             padded[:n, t, weights.shape[1] :] = grad_context_total[rows]
         grad_values = padded[:, :, : weights.shape[1]].transpose(1, 2) @ padded[:, :, weights.shape[1] :]
         return (grad_gates.contiguous(), grad_h, grad_c, grad_keys, grad_values, None, grad_w_context,
-                grad_w_recurrent[: 4 * size], grad_w_recurrent[4 * size :], grad_energy.squeeze(0), None)  # fmt: skip
+                grad_w_recurrent[: 4 * size], grad_w_recurrent[4 * size :], grad_energy.squeeze(0), None, None)  # fmt: skip
 
 
 # ─────────────────────────────────────────────── Decoder ───────────────────────────────────────────────
@@ -802,14 +842,16 @@ class RNNAttentionDecoder(nn.Module):
 
     def can_fuse(self, embedded: torch.Tensor) -> bool:
         """True when [`FusedBahdanauRecurrence`] runs the teacher-forced loop: Bahdanau order, additive score,
-        one LSTM layer, no input feeding, and no autocast (its buffers hold one dtype)."""
+        one LSTM layer, no input feeding, and no autocast other than the CPU's to bfloat16 (bf16 products, float32
+        states: [`fused_product_dtype`])."""
+        device = embedded.device
         return (
             self.bahdanau_order
             and self.is_lstm
             and self.rnn.num_layers == 1
             and isinstance(self.attention.score, AdditiveScore)
             and not self.input_feeding
-            and not torch.is_autocast_enabled(embedded.device.type)
+            and (not torch.is_autocast_enabled(device.type) or fused_product_dtype(device) is not None)
         )
 
     def _rnn(self, inputs: torch.Tensor, state: tuple[torch.Tensor, ...]):
@@ -949,6 +991,7 @@ class RNNAttentionDecoder(nn.Module):
             score.query_projection.weight,  # W_a: (A, H)
             score.energy.weight[0],  # v_a: (A,)
             packed.batch_sizes.tolist(),
+            fused_product_dtype(embedded.device),  # bf16 products under CPU autocast, else None
         )
         attentional = torch.tanh(self.attention_combine(torch.cat([contexts, states], dim=-1)))  # (N, H)
 

@@ -61,8 +61,10 @@ extras() {  # length-grouped batches (the project's default) and bf16 autocast (
     train "${preset}_grouped" --set "model.preset=$preset" --set training.group_by_length=true
   done
   if bf16_faster; then
-    train bahdanau_bf16 --set model.preset=bahdanau --set training.bf16=true --set training.use_cpu=true
-    decode bahdanau_bf16
+    for preset in bahdanau luong; do
+      train "${preset}_bf16" --set "model.preset=$preset" --set training.bf16=true --set training.use_cpu=true
+      decode "${preset}_bf16"
+    done
   else
     echo "bf16 matmuls are not faster than fp32 on this CPU (run_peers.sh ceiling): bf16 skipped" | tee -a "$OUT/logs/sequence.log"
   fi
