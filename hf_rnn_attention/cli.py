@@ -145,6 +145,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
         ScheduledSamplingCallback,
         TeacherForcingSchedule,
         build_compute_metrics,
+        check_cpu_bf16,
         text_metrics,
         tokenize_dataset,
         training_arguments,
@@ -193,6 +194,7 @@ def run_training(recipe: dict, overwrite: bool = False, resume: str | bool | Non
     tokenized = {split: tokenize_dataset(rows, tokenizer, max_source, max_target) for split, rows in data.items()}
 
     args = training_arguments(**training_section)
+    check_cpu_bf16(args, log)
     callbacks = []
     if recipe.get("scheduled_sampling"):
         callbacks.append(ScheduledSamplingCallback(TeacherForcingSchedule(**recipe["scheduled_sampling"])))

@@ -181,3 +181,22 @@ def test_trainer_trains_without_the_full_logits_and_evaluates_with_them(tmp_path
     batch = {"input_ids": torch.tensor([rows[0]["input_ids"]]), "labels": torch.tensor([rows[0]["labels"]])}
     model.train()
     torch.testing.assert_close(model(**batch).loss, model(**batch, return_logits=False).loss)
+
+
+def test_bf16_on_a_cpu_where_it_is_slow_gets_a_warning(monkeypatch):
+    """training.bf16 on the CPU: the speed of bf16 products is measured, and a CPU where they are slower than
+    float32 gets a warning that names the setting; with bf16 off nothing is measured."""
+    from hf_rnn_attention import training
+
+    speedup = training.cpu_bf16_speedup(size=128, repeats=2)
+    assert math.isfinite(speedup) and speedup > 0
+    messages = []
+    args = SimpleNamespace(bf16=True, use_cpu=True)
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 0.01)
+    assert training.check_cpu_bf16(args, messages.append) == 0.01
+    assert "warning" in messages[-1] and "training.bf16" in messages[-1] and "0.01x" in messages[-1]
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 2.5)
+    assert training.check_cpu_bf16(args, messages.append) == 2.5
+    assert "warning" not in messages[-1] and "2.5x" in messages[-1]
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: pytest.fail("measured with bf16 off"))
+    assert training.check_cpu_bf16(SimpleNamespace(bf16=False, use_cpu=True), messages.append) is None
