@@ -766,3 +766,32 @@ def test_fused_bahdanau_recurrence_under_bf16_autocast():
     # most within 2e-2; W_a's gradient, a sum with cancellation, about 1e-1 (the step loop under autocast,
     # which runs the attention in bf16 too, is 5x off for it in this model)
     assert errors[0] > 1e-6 and errors[len(errors) // 2] < 2e-2 and errors[-1] < 0.2, errors
+
+
+def test_autocast_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkeypatch):
+    """Under CPU bf16 autocast the training products see row counts in multiples of 64 (oneDNN keeps a compiled
+    kernel per shape), with the values and gradients of F.linear; outside autocast it is F.linear itself."""
+    from hf_rnn_attention import modeling_rnn_attention
+    from hf_rnn_attention.modeling_rnn_attention import autocast_linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 37)
+    x = torch.randn(2, 50, 6, requires_grad=True)  # 100 rows
+    seen = []
+    linear = F.linear
+
+    def spy(inputs, weight, bias=None):
+        seen.append(inputs.reshape(-1, inputs.shape[-1]).shape[0])
+        return linear(inputs, weight, bias)
+
+    monkeypatch.setattr(modeling_rnn_attention.F, "linear", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = autocast_linear(x, layer.weight, layer.bias)
+        reference = linear(x, layer.weight, layer.bias)
+    assert seen == [128] and out.shape == (2, 50, 37)
+    torch.testing.assert_close(out, reference, atol=2e-2, rtol=2e-2)
+    out.float().sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(2, 50, 6), atol=5e-2, rtol=2e-2)
+    seen.clear()
+    torch.testing.assert_close(autocast_linear(x, layer.weight, layer.bias), linear(x, layer.weight, layer.bias))
+    assert seen == [100]
