@@ -267,13 +267,15 @@ def _low_rows(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def autocast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`; under CPU autocast to bf16 with the rows of `x` padded to a multiple of 64.
+    """`F.linear(x, weight, bias)`; in training under CPU autocast to bf16 with the rows of `x` padded to a multiple
+    of 64.
 
     oneDNN, which runs autocast's bf16 products on the CPU, compiles and keeps a kernel for every shape it meets,
     and the number of rows (real tokens in the batch) changes with every batch: 454 batches of the peers' work
     raised bf16 training's peak RSS to 2.8 GB against 1.4 GB in fp32. Padded to multiples of 64 they take a dozen
-    shapes (measured on 51 steps: 1.91 → 1.51 GB, the same speed)."""
-    if fused_product_dtype(x.device) is None or x.dim() < 2:
+    shapes (measured on 51 steps: 1.91 → 1.51 GB, the same speed). Without gradients (decoding: a step has at most
+    a few hundred rows, often one) nothing is padded."""
+    if fused_product_dtype(x.device) is None or x.dim() < 2 or not torch.is_grad_enabled():
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])  # (N, K)
     out = F.linear(_pad_rows(flat), weight, bias)[: flat.shape[0]]  # (N, V)
@@ -1188,8 +1190,8 @@ def output_layer(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     CPU (the result may then be a view with padded rows), through [`autocast_linear`] under CPU autocast to bf16;
     otherwise `head(hidden)`."""
     plain = not isinstance(head, nn.Linear) or _hooked(head) or hidden.device.type != "cpu"
-    if not plain and fused_product_dtype(hidden.device) is not None:
-        return autocast_linear(hidden, head.weight, head.bias)
+    if not plain and torch.is_grad_enabled() and fused_product_dtype(hidden.device) is not None:
+        return autocast_linear(hidden, head.weight, head.bias)  # rows padded: see there
     if not torch.is_grad_enabled() or plain or hidden.dtype != head.weight.dtype or torch.is_autocast_enabled("cpu"):
         return linear(head, hidden)
     logits = OutputLayerFunction.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias)  # (N, V)

@@ -770,7 +770,8 @@ def test_fused_bahdanau_recurrence_under_bf16_autocast():
 
 def test_autocast_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkeypatch):
     """Under CPU bf16 autocast the training products see row counts in multiples of 64 (oneDNN keeps a compiled
-    kernel per shape), with the values and gradients of F.linear; outside autocast it is F.linear itself."""
+    kernel per shape), with the values and gradients of F.linear; outside autocast, and without gradients
+    (decoding), it is F.linear itself."""
     from hf_rnn_attention import modeling_rnn_attention
     from hf_rnn_attention.modeling_rnn_attention import autocast_linear
 
@@ -794,4 +795,6 @@ def test_autocast_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkey
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(2, 50, 6), atol=5e-2, rtol=2e-2)
     seen.clear()
     torch.testing.assert_close(autocast_linear(x, layer.weight, layer.bias), linear(x, layer.weight, layer.bias))
-    assert seen == [100]
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # decoding: one row stays one row
+        autocast_linear(x[:1, :1], layer.weight, layer.bias)
+    assert seen == [100, 1]
