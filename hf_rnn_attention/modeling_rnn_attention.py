@@ -255,6 +255,14 @@ def _low(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return x if dtype is None else x.to(dtype)
 
 
+def _add_product(base: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, low, out: torch.Tensor) -> torch.Tensor:
+    """out = base + x @ weight: one addmm, or with a product dtype `low` the product's operands in it (`weight`
+    already is) and the sum in `out`'s dtype."""
+    if low is None:
+        return torch.addmm(base, x, weight, out=out)
+    return torch.add(base, _low(x, low) @ weight, out=out)
+
+
 def _pad_rows(x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
     """`x` `(N, K)` with zero rows appended up to a multiple of `multiple`."""
     extra = -x.shape[0] % multiple
@@ -313,10 +321,7 @@ class PackedLSTMRecurrence(torch.autograd.Function):
         for t in reversed(range(len(batch_sizes))) if reverse else range(len(batch_sizes)):
             n, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
             previous_h[rows], previous_c[rows] = h[:n], c[:n]
-            if low is None:
-                g = torch.addmm(input_gates[rows], h[:n], w_hh.t(), out=gates[rows])  # (n, 4H)
-            else:
-                g = torch.add(input_gates[rows], _low(h[:n], low) @ w_low.t(), out=gates[rows])  # (n, 4H)
+            g = _add_product(input_gates[rows], h[:n], w_low.t(), low, out=gates[rows])  # (n, 4H)
             i, f, cand, o = _lstm_gates_(g, size).chunk(4, dim=1)  # σ, σ, tanh, σ
             c_t = torch.mul(f, previous_c[rows], out=cells[rows]).addcmul_(i, cand)
             h_t = torch.mul(o, _tanh(c_t, out=tanh_cells[rows]), out=states[rows])
@@ -714,10 +719,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             a.copy_(torch.softmax(scores, dim=-1))
             context = contexts[rows]  # (n, M)
             torch.bmm(a.unsqueeze(1), values[:n], out=context.unsqueeze(1))  # (n, 1, S) x (n, S, M)
-            if low is None:
-                g = torch.addmm(input_gates[rows], context, w_context.t(), out=gates[rows])  # (n, 4H)
-            else:
-                g = torch.add(input_gates[rows], _low(context, low) @ w_context_low.t(), out=gates[rows])
+            g = _add_product(input_gates[rows], context, w_context_low.t(), low, out=gates[rows])  # (n, 4H)
             g.add_(recurrent[:, : 4 * size])
             i, f, cand, o = _lstm_gates_(g, size).chunk(4, dim=1)  # σ, σ, tanh, σ: (n, H) each
             c = torch.mul(f, c[:n], out=cells[rows]).addcmul_(i, cand)  # m_t
@@ -768,11 +770,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             torch.mul(grad_m * i, 1 - cand * cand, out=gg)
             torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
             grad_c[:n] = grad_m * f
-            if low is None:
-                grad_context = torch.addmm(grad_contexts[rows], grad_g, w_context, out=grad_context_total[rows])
-            else:
-                grad_context = torch.add(grad_contexts[rows], _low(grad_g, low) @ w_context_low,
-                                         out=grad_context_total[rows])  # fmt: skip
+            grad_context = _add_product(grad_contexts[rows], grad_g, w_context_low, low, out=grad_context_total[rows])
             a = weights[rows]  # (n, S)
             grad_a = torch.bmm(values[:n], grad_context.unsqueeze(2)).squeeze(2)  # (n, S, M) x (n, M, 1) → (n, S)
             if grad_weights is not None:
