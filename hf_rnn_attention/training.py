@@ -130,32 +130,33 @@ def training_arguments(**settings) -> Seq2SeqTrainingArguments:
     return Seq2SeqTrainingArguments(**settings)
 
 
-def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
+def cpu_bf16_speedup(size: int = 1024, repeats: int = 3, timer=None) -> float:
     """How many times faster this CPU multiplies two `(size, size)` matrices in bfloat16 than in float32 (best of
     `repeats` each, with torch's threads). The CPU flags alone do not tell: bf16 matmuls ran at 2.1-4.4x float32 on
     an AMD EPYC with AVX-512 BF16, at 0.6x on an Intel Xeon that has the flag too, and are emulated, hundreds of
-    times slower, on AVX2 CPUs (there the first bf16 product at full size, 10x slower or worse, ends the
-    measurement)."""
+    times slower, on AVX2 CPUs: there a first full-size bf16 product 10x slower or worse ends the measurement, once
+    a second one confirms it (in the train command a one-off stall of the first once read 0.05x on the EPYC).
+    `timer(dtype, size)`: seconds for one product (tests give a fake one)."""
     import time
 
     import torch
 
-    def timed(a, b):
+    def product_seconds(dtype, n):
+        a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
         started = time.perf_counter()
         a @ b
         return time.perf_counter() - started
 
-    full = [torch.randn(size, size) for _ in range(2)]
-    low = [m.to(torch.bfloat16) for m in full]
-    timed(*full)  # warm-up
-    fp32 = min(timed(*full) for _ in range(repeats))
-    timed(*(m[:128, :128] for m in low))  # the bf16 kernels' one-time set-up (it took 0.3 s once: not the speed)
-    first = timed(*low)  # warm-up at this shape, and the answer where bf16 is emulated
-    if first > 10 * fp32:  # once, in the train command, a one-off stall read 0.05x here: look twice
-        first = min(first, timed(*low))
+    timer = timer or product_seconds
+    timer(torch.float32, size)  # warm-up
+    fp32 = min(timer(torch.float32, size) for _ in range(repeats))
+    timer(torch.bfloat16, 128)  # the bf16 kernels' one-time set-up (it took 0.3 s once: not the speed)
+    first = timer(torch.bfloat16, size)  # warm-up at this shape, and the answer where bf16 is emulated
+    if first > 10 * fp32:
+        first = min(first, timer(torch.bfloat16, size))
         if first > 10 * fp32:
             return fp32 / first
-    return fp32 / min(timed(*low) for _ in range(repeats))
+    return fp32 / min(timer(torch.bfloat16, size) for _ in range(repeats))
 
 
 def check_cpu_bf16(args: Seq2SeqTrainingArguments, log=print) -> float | None:

@@ -200,3 +200,27 @@ def test_bf16_on_a_cpu_where_it_is_slow_gets_a_warning(monkeypatch):
     assert "warning" not in messages[-1] and "2.5x" in messages[-1]
     monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: pytest.fail("measured with bf16 off"))
     assert training.check_cpu_bf16(SimpleNamespace(bf16=False, use_cpu=True), messages.append) is None
+
+
+def test_bf16_speed_check_stops_early_where_bf16_is_emulated_but_not_on_one_stall():
+    """The bf16 check's decisions, on a fake clock: an emulated bf16 (every product 200x float32) is called after
+    two full-size products; one stalled first product is timed again and the CPU's real ratio comes back."""
+    from hf_rnn_attention.training import cpu_bf16_speedup
+
+    def fake(bf16_seconds):
+        calls = []
+
+        def timer(dtype, size):
+            calls.append((dtype, size))
+            return 1.0 if dtype == torch.float32 else bf16_seconds(len([c for c in calls if c == (dtype, size)]))
+
+        return timer, calls
+
+    timer, calls = fake(lambda k: 200.0)
+    assert cpu_bf16_speedup(size=64, repeats=3, timer=timer) == 1 / 200
+    assert calls.count((torch.bfloat16, 64)) == 2  # stopped: no repeats of a 200x product
+    timer, calls = fake(lambda k: 20.0 if k == 1 else 0.4)  # the first full-size product stalls once
+    assert cpu_bf16_speedup(size=64, repeats=3, timer=timer) == 1 / 0.4
+    assert calls.count((torch.bfloat16, 64)) == 5
+    timer, _ = fake(lambda k: 0.5)
+    assert cpu_bf16_speedup(size=64, repeats=3, timer=timer) == 2.0
