@@ -5,7 +5,10 @@ with the peers' BPE, under `torch.profiler`, and prints the time per part of the
 (encoder, bridge, decoder recurrence, attention, output layer, loss) from forward hooks, backward time by the
 autograd function that ran it, and the optimizer. Then the top operators by self time.
 
-    python scripts/profile_training.py --preset bahdanau [--steps 6] [--peers /tmp/peers] [--bf16]
+    python scripts/profile_training.py --preset bahdanau [--steps 6] [--peers /tmp/peers] [--bf16] [--by-shape]
+
+--by-shape also groups the matrix products by shape: the output layer, the fused loops' per-step products (at
+most 64 rows), the other big products and the batched products (`bmm`), with the GFLOP/s of each.
 """
 
 import argparse
@@ -47,6 +50,7 @@ def main():
     parser.add_argument("--peers", default="/tmp/peers")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with AVX-512 BF16)")
+    parser.add_argument("--by-shape", action="store_true", help="the matrix products grouped by shape, with GFLOP/s")
     args = parser.parse_args()
 
     tokenizer = tokenizer_from_file(f"{args.peers}/data/bpe8k.json")
@@ -90,7 +94,7 @@ def main():
 
     model.compute_logits = timed_logits
     tokens, started = 0, time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
         for _ in range(args.steps):
             tokens += step(next(stream))
     elapsed = time.perf_counter() - started
@@ -116,6 +120,46 @@ def main():
     for name, ms in sorted(backward.items(), key=lambda item: -item[1])[:12]:
         print(f"| {name} | {ms:.1f} |")
     print("\n" + events.table(sort_by="self_cpu_time_total", row_limit=15))
+    if args.by_shape:
+        print_products_by_shape(prof, args.steps, config.vocab_size)
+
+
+def product_flops(event) -> int:
+    """Multiply-adds × 2 of one call of a matrix product, from its recorded input shapes."""
+    shapes = event.input_shapes
+    if event.key == "aten::mm":
+        (m, k), (_, n) = shapes[0], shapes[1]
+        return 2 * m * k * n
+    if event.key == "aten::addmm":
+        (m, k), (_, n) = shapes[1], shapes[2]
+        return 2 * m * k * n
+    if event.key == "aten::bmm":
+        (b, m, k), (_, _, n) = shapes[0], shapes[1]
+        return 2 * b * m * k * n
+    (m, k), (n, _) = shapes[0], shapes[1]  # oneDNN's linear: x (M, K), weight (N, K)
+    return 2 * m * k * n
+
+
+def print_products_by_shape(prof, steps: int, vocab_size: int) -> None:
+    products = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise")
+    groups = defaultdict(lambda: [0.0, 0.0])  # group → [ms per step, GFLOP per step]
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key not in products:
+            continue
+        dims = [d for shape in event.input_shapes if isinstance(shape, list) for d in shape]
+        if vocab_size in dims:
+            group = "the output layer (forward and backward)"
+        elif event.key == "aten::bmm":
+            group = "batched products (bmm: the attention's context and its backward)"
+        elif min((d for d in dims if d > 1), default=0) <= 64:
+            group = "the fused loops' per-step products (<= 64 rows)"
+        else:
+            group = "the other big products (input projections, W_c, weight gradients)"
+        groups[group][0] += event.self_cpu_time_total / 1e3 / steps
+        groups[group][1] += product_flops(event) * event.count / 1e9 / steps
+    print("\n| products | ms per step | GFLOP per step | GFLOP/s |\n|---|---|---|---|")
+    for group, (ms, gflop) in sorted(groups.items(), key=lambda item: -item[1][0]):
+        print(f"| {group} | {ms:.0f} | {gflop:.1f} | {gflop / ms * 1e3 if ms else 0:.0f} |")
 
 
 if __name__ == "__main__":
