@@ -141,19 +141,22 @@ def _onednn_linear_available() -> bool:
 ONEDNN_LINEAR = _onednn_linear_available()
 
 
-def _onednn_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """oneDNN for float32 CPU tensors in plain row-major layout, outside autocast: for a strided operand it takes a
-    reference kernel, measured about 20 times slower."""
+def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN for float32 CPU tensors outside autocast (the layout aside: see [`_onednn_fits`])."""
     return (
         ONEDNN_LINEAR
         and torch.backends.mkldnn.enabled
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.numel() > 0
-        and x.is_contiguous()
-        and weight.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+def _onednn_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN for float32 CPU tensors in plain row-major layout, outside autocast: for a strided operand it takes a
+    reference kernel, measured about 20 times slower."""
+    return _onednn_usable(x, weight) and x.is_contiguous() and weight.is_contiguous()
 
 
 def _row_bucket(rows: int) -> int:
@@ -172,7 +175,7 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def _onednn_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bucket_rows: bool = False
 ) -> torch.Tensor:
-    """x Wᵀ + b through oneDNN; no autograd (decoding, and the forward of [`OutputLayerFunction`]).
+    """x Wᵀ + b through oneDNN; no autograd (decoding, and the forward of [`LinearFunction`]).
 
     oneDNN builds and caches one primitive per input shape. Decoding meets every row count from the batch size
     down to 1 as sentences finish, and the cached primitives cost memory: with `bucket_rows` the rows are padded
@@ -196,15 +199,14 @@ def _hooked(layer: nn.Module) -> bool:
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`; through oneDNN for an `nn.Linear` when nothing needs gradients (decoding) and [`_onednn_fits`].
-    The output layer (8,003 × 512) took 6.8 ms for 64 rows through MKL against 3.4 ms, and 2.1 ms for one row
-    against 0.9 ms. The same values to float32 rounding."""
-    if (
-        torch.is_grad_enabled()
-        or not isinstance(layer, nn.Linear)
-        or _hooked(layer)
-        or not _onednn_fits(x, layer.weight)
-    ):
+    """`layer(x)`; for an `nn.Linear` through oneDNN when nothing needs gradients (decoding) and [`_onednn_fits`],
+    through [`training_linear`] with gradients. The output layer (8,003 × 512) took 6.8 ms for 64 rows through MKL
+    against 3.4 ms, and 2.1 ms for one row against 0.9 ms. The same values to float32 rounding."""
+    if not isinstance(layer, nn.Linear) or _hooked(layer):
+        return layer(x)
+    if torch.is_grad_enabled():
+        return training_linear(x, layer.weight, layer.bias)
+    if not _onednn_fits(x, layer.weight):
         return layer(x)
     return _onednn_linear(x, layer.weight, layer.bias, bucket_rows=True)
 
@@ -255,12 +257,34 @@ def _low(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return x if dtype is None else x.to(dtype)
 
 
+def _step_weight(weight: torch.Tensor, low) -> torch.Tensor:
+    """The weight `W` `(N, K)` of a fused loop's per-step products x Wᵀ (the `nn.Linear` layout), prepared once
+    per loop: in the product dtype `low`, or in float32 contiguous for oneDNN (see [`_product`])."""
+    if low is not None:
+        return weight.to(low)
+    return weight.contiguous() if _onednn_usable(weight, weight) else weight
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, low) -> torch.Tensor:
+    """x Wᵀ, a fused loop's per-step product: `x` `(n, K)` with n ≤ the batch size, `weight` from [`_step_weight`].
+
+    With a product dtype `low` the operands are in it (float32 accumulation). In float32 on the CPU the product
+    goes through oneDNN: at these shapes MKL runs well below the machine's matmul speed. Measured on 2 cores of an
+    AMD EPYC (Zen 4), over the shrinking rows of one batch (scripts/kernel_benchmark.py): 40 → 27 ms for the
+    Bahdanau loop's (n, 512) x (512, 2560), 32 → 22 ms for its backward (n, 2560) x (2560, 512), 28 → 17 ms for
+    (n, 512) x (512, 2048), 5.7 → 5.3 ms for the encoder's (n, 256) x (256, 1024). Else MKL."""
+    if low is not None:
+        return _low(x, low) @ weight.t()
+    if _onednn_usable(x, weight) and weight.is_contiguous():
+        return _onednn_product(x.contiguous(), weight, None)
+    return x @ weight.t()
+
+
 def _add_product(base: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, low, out: torch.Tensor) -> torch.Tensor:
-    """out = base + x @ weight: one addmm, or with a product dtype `low` the product's operands in it (`weight`
-    already is) and the sum in `out`'s dtype."""
-    if low is None:
-        return torch.addmm(base, x, weight, out=out)
-    return torch.add(base, _low(x, low) @ weight, out=out)
+    """out = base + x Wᵀ (see [`_product`]); one addmm where the product goes through MKL."""
+    if low is None and not (_onednn_usable(x, weight) and weight.is_contiguous()):
+        return torch.addmm(base, x, weight.t(), out=out)
+    return torch.add(base, _product(x, weight, low), out=out)
 
 
 def _pad_rows(x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
@@ -270,23 +294,69 @@ def _pad_rows(x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
 
 
 def _low_rows(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """`x` `(N, K)` in the product dtype, its rows padded to a multiple of 64 with one (see [`autocast_linear`])."""
+    """`x` `(N, K)` in the product dtype, its rows padded to a multiple of 64 with one (see [`training_linear`])."""
     return x if dtype is None else _pad_rows(x.to(dtype))
 
 
-def autocast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`; in training under CPU autocast to bf16 with the rows of `x` padded to a multiple
-    of 64.
+class LinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b for rows x `(N, K)` in float32 training on the CPU, with the usual backward (two products).
+
+    PyTorch's `F.linear` and its backward call MKL, which on the AMD EPYC of BENCHMARKS.md ran this model's
+    training products at 87-169 GFLOP/s against oneDNN's 155-206. Here the forward and ∂L/∂x = ∂L/∂y W go through
+    oneDNN where the build has it; ∂L/∂W = ∂L/∂yᵀ x stays with MKL (oneDNN read its two transposed operands no
+    faster, and copying them costs more than it saves). Forward and backward together, 2 cores
+    (scripts/kernel_benchmark.py): 23 → 19 ms for (976, 256) x (256, 2048), 44 → 38 ms for (976, 512) x (512, 2048),
+    159 → 140 ms for the output layer's (976, 512) x (512, 8003). Without oneDNN the forward writes into rows padded to 64 floats (then the
+    `(N, V)` view of them is returned): with V not a multiple of 16 (8,003 for an 8,000-piece BPE plus three
+    special tokens) MKL writes unaligned output rows, (976, 512) x (512, 8003) in 64-70 ms on 2 cores against
+    47-54 ms padded and 39 ms through oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if _onednn_fits(x, weight):
+            return _onednn_product(x, weight, bias)  # (N, V)
+        vocab = weight.shape[0]
+        logits = x.new_empty(x.shape[0], -(-vocab // 64) * 64)[:, :vocab]  # (N, V), row stride a multiple of 64
+        if bias is None:
+            return torch.mm(x, weight.t(), out=logits)
+        return torch.addmm(bias, x, weight.t(), out=logits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            if _onednn_fits(grad, weight):
+                grad_x = _onednn_product(grad, weight.t(), None)  # (N, V) x (V, K)
+            else:
+                grad_x = grad @ weight
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t() @ x  # (V, N) x (N, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def training_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for the training paths (with gradients, on the CPU): in float32 through
+    [`LinearFunction`] where the build has oneDNN; under CPU autocast to bf16 with the rows of `x` padded to a
+    multiple of 64. Otherwise, and without gradients (decoding: see [`linear`]), `F.linear` itself.
 
     oneDNN, which runs autocast's bf16 products on the CPU, compiles and keeps a kernel for every shape it meets,
     and the number of rows (real tokens in the batch) changes with every batch: 454 batches of the peers' work
     raised bf16 training's peak RSS to 2.8 GB against 1.4 GB in fp32. Padded to multiples of 64 they take a dozen
-    shapes (measured on 51 steps: 1.91 → 1.51 GB, the same speed). Without gradients (decoding: a step has at most
-    a few hundred rows, often one) nothing is padded."""
-    if fused_product_dtype(x.device) is None or x.dim() < 2 or not torch.is_grad_enabled():
+    shapes (measured on 51 steps: 1.91 → 1.51 GB, the same speed)."""
+    if x.dim() < 2 or not torch.is_grad_enabled() or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])  # (N, K)
-    out = F.linear(_pad_rows(flat), weight, bias)[: flat.shape[0]]  # (N, V)
+    if fused_product_dtype(x.device) is not None:
+        out = F.linear(_pad_rows(flat), weight, bias)[: flat.shape[0]]  # (N, V)
+    elif _onednn_usable(flat, weight) and (bias is None or bias.dtype == weight.dtype):
+        out = LinearFunction.apply(flat.contiguous(), weight.contiguous(), bias)  # (N, V)
+    else:
+        return F.linear(x, weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -310,7 +380,7 @@ class PackedLSTMRecurrence(torch.autograd.Function):
         """input_gates `(N, 4H)` packed; h0, c0 `(B, H)`; w_hh `(4H, H)`; batch_sizes (list of int, n_0 = B);
         low: the products' dtype or None. Returns the packed states `(N, H)`
         and each row's last state h, c `(B, H)`."""
-        w_low = _low(w_hh, low)
+        w_step = _step_weight(w_hh, low)  # (4H, H)
         size, total = w_hh.shape[1], input_gates.shape[0]
         new = input_gates.new_empty
         states, cells, tanh_cells = new(total, size), new(total, size), new(total, size)
@@ -321,7 +391,7 @@ class PackedLSTMRecurrence(torch.autograd.Function):
         for t in reversed(range(len(batch_sizes))) if reverse else range(len(batch_sizes)):
             n, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
             previous_h[rows], previous_c[rows] = h[:n], c[:n]
-            g = _add_product(input_gates[rows], h[:n], w_low.t(), low, out=gates[rows])  # (n, 4H)
+            g = _add_product(input_gates[rows], h[:n], w_step, low, out=gates[rows])  # (n, 4H)
             i, f, cand, o = _lstm_gates_(g, size).chunk(4, dim=1)  # σ, σ, tanh, σ
             c_t = torch.mul(f, previous_c[rows], out=cells[rows]).addcmul_(i, cand)
             h_t = torch.mul(o, _tanh(c_t, out=tanh_cells[rows]), out=states[rows])
@@ -335,7 +405,7 @@ class PackedLSTMRecurrence(torch.autograd.Function):
     def backward(ctx, grad_states, grad_h_last, grad_c_last):
         w_hh, tanh_cells, gates, previous_h, previous_c = ctx.saved_tensors
         batch_sizes, size, low = ctx.batch_sizes, w_hh.shape[1], ctx.low
-        w_low = _low(w_hh, low)
+        w_step = _step_weight(w_hh.t(), low)  # (H, 4H)
         batch = batch_sizes[0]
         grad_h = grad_h_last.clone() if grad_h_last is not None else w_hh.new_zeros(batch, size)  # carries (B, H)
         grad_c = grad_c_last.clone() if grad_c_last is not None else w_hh.new_zeros(batch, size)
@@ -353,7 +423,7 @@ class PackedLSTMRecurrence(torch.autograd.Function):
             torch.mul(grad_m * i, 1 - cand * cand, out=gg)
             torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
             grad_c[:n] = grad_m * f
-            grad_h[:n] = _low(grad_gates[rows], low) @ w_low  # ∂L/∂h_{t-1}
+            grad_h[:n] = _product(grad_gates[rows], w_step, low)  # ∂L/∂h_{t-1}
         grad_w_hh = (_low_rows(grad_gates, low).t() @ _low_rows(previous_h, low)).to(w_hh.dtype)  # (4H, H)
         return grad_gates, grad_h, grad_c, grad_w_hh, None, None, None
 
@@ -383,7 +453,7 @@ def packed_lstm(lstm: nn.LSTM, packed: PackedSequence, state: tuple[torch.Tensor
         suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
         w_ih = torch.cat([getattr(lstm, "weight_ih" + s) for s in suffixes])  # (D·4H, input)
         bias = torch.cat([getattr(lstm, "bias_ih" + s) + getattr(lstm, "bias_hh" + s) for s in suffixes])
-        input_gates = autocast_linear(data, w_ih, bias).split(4 * size, dim=1)  # D × (N, 4H)
+        input_gates = training_linear(data, w_ih, bias).split(4 * size, dim=1)  # D × (N, 4H)
         outputs = []
         for d, suffix in enumerate(suffixes):
             index = layer * directions + d
@@ -699,7 +769,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
         """
         size, total = w_hh.shape[1], input_gates.shape[0]
         w_recurrent = torch.cat([w_hh, w_query], dim=0)  # (4H + A, H): W_hh s and W_a s in one product
-        w_recurrent_low, w_context_low = _low(w_recurrent, low), _low(w_context, low)
+        w_recurrent_step, w_context_step = _step_weight(w_recurrent, low), _step_weight(w_context, low)
         new = input_gates.new_empty
         states, cells, tanh_cells = new(total, size), new(total, size), new(total, size)  # s_t, m_t, tanh(m_t)
         gates = new(total, 4 * size)  # i, f, g, o after their nonlinearities
@@ -710,7 +780,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
         h, c, offset = h0, c0, 0
         for t, n in enumerate(batch_sizes):
             rows = slice(offset, offset + n)
-            recurrent = _low(h[:n], low) @ w_recurrent_low.t()  # (n, 4H + A)
+            recurrent = _product(h[:n], w_recurrent_step, low)  # (n, 4H + A)
             sig_t = torch.add(
                 keys2[:n], recurrent[:, None, 4 * size :], alpha=2, out=hidden[rows]
             ).sigmoid_()  # (n, S, A)
@@ -719,7 +789,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             a.copy_(torch.softmax(scores, dim=-1))
             context = contexts[rows]  # (n, M)
             torch.bmm(a.unsqueeze(1), values[:n], out=context.unsqueeze(1))  # (n, 1, S) x (n, S, M)
-            g = _add_product(input_gates[rows], context, w_context_low.t(), low, out=gates[rows])  # (n, 4H)
+            g = _add_product(input_gates[rows], context, w_context_step, low, out=gates[rows])  # (n, 4H)
             g.add_(recurrent[:, : 4 * size])
             i, f, cand, o = _lstm_gates_(g, size).chunk(4, dim=1)  # σ, σ, tanh, σ: (n, H) each
             c = torch.mul(f, c[:n], out=cells[rows]).addcmul_(i, cand)  # m_t
@@ -738,7 +808,8 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
         (h0, c0, keys, values, w_context, w_recurrent, energy,
          states, cells, tanh_cells, gates, contexts, weights, hidden) = ctx.saved_tensors  # fmt: skip
         batch_sizes, low = ctx.batch_sizes, ctx.low
-        w_recurrent_low, w_context_low = _low(w_recurrent, low), _low(w_context, low)
+        w_recurrent_step = _step_weight(w_recurrent.t(), low)  # (H, 4H + A)
+        w_context_step = _step_weight(w_context.t(), low)  # (M, 4H)
         size, total = h0.shape[1], states.shape[0]
 
         def zeros_if_none(grad, like):
@@ -770,7 +841,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             torch.mul(grad_m * i, 1 - cand * cand, out=gg)
             torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
             grad_c[:n] = grad_m * f
-            grad_context = _add_product(grad_contexts[rows], grad_g, w_context_low, low, out=grad_context_total[rows])
+            grad_context = _add_product(grad_contexts[rows], grad_g, w_context_step, low, out=grad_context_total[rows])
             a = weights[rows]  # (n, S)
             grad_a = torch.bmm(values[:n], grad_context.unsqueeze(2)).squeeze(2)  # (n, S, M) x (n, M, 1) → (n, S)
             if grad_weights is not None:
@@ -782,7 +853,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
             grad_pre.mul_(grad_e.unsqueeze(2)).mul_(energy4)  # ∂L/∂z: (n, S, A)
             grad_keys[:n] += grad_pre
             torch.sum(grad_pre, dim=1, out=grad_recurrent[rows, 4 * size :])  # ∂L/∂(W_a s_{t-1}): (n, A)
-            grad_h[:n] = _low(grad_recurrent[rows], low) @ w_recurrent_low  # ∂L/∂s_{t-1}: (n, H)
+            grad_h[:n] = _product(grad_recurrent[rows], w_recurrent_step, low)  # ∂L/∂s_{t-1}: (n, H)
 
         # the weight gradients, each one product over all steps
         previous = torch.cat(
@@ -1003,7 +1074,7 @@ class RNNAttentionDecoder(nn.Module):
             lengths = torch.full((batch,), total, dtype=torch.long)
         packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)  # longest first
         order, rnn, score = packed.sorted_indices, self.rnn, self.attention.score
-        input_gates = autocast_linear(
+        input_gates = training_linear(
             packed.data, rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0 + rnn.bias_hh_l0
         )
         states, contexts, weights, h_last, c_last = FusedBahdanauRecurrence.apply(
@@ -1025,7 +1096,7 @@ class RNNAttentionDecoder(nn.Module):
         if _hooked(combine):
             attentional = torch.tanh(combine(combined))  # (N, H)
         else:
-            attentional = torch.tanh(autocast_linear(combined, combine.weight, combine.bias))  # (N, H)
+            attentional = torch.tanh(training_linear(combined, combine.weight, combine.bias))  # (N, H)
 
         def unpack(data):  # packed (N, X) → (B, T, X) in the input order, 0 at padding
             packed_data = PackedSequence(data, packed.batch_sizes, order, packed.unsorted_indices)
@@ -1154,45 +1225,16 @@ class RNNAttentionCache:
 # ───────────────────────────────────────────── Output layer ────────────────────────────────────────────
 
 
-class OutputLayerFunction(torch.autograd.Function):
-    """logits = x Wᵀ + b for rows x `(N, E)` in training on the CPU, with the usual backward (two products).
-
-    The forward avoids MKL's slow case. With V not a multiple of 16 (8,003 for an 8,000-piece BPE plus three
-    special tokens) MKL writes unaligned output rows: (976, 512) x (512, 8003) took 64-70 ms on 2 cores, 47-54 ms
-    written into rows padded to 64 floats (then the `(N, V)` view of them is returned), and 39 ms through oneDNN,
-    which is used where this torch build has it."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        if _onednn_fits(x, weight):
-            return _onednn_linear(x, weight, bias)  # (N, V)
-        vocab = weight.shape[0]
-        logits = x.new_empty(x.shape[0], -(-vocab // 64) * 64)[:, :vocab]  # (N, V), row stride a multiple of 64
-        if bias is None:
-            return torch.mm(x, weight.t(), out=logits)
-        return torch.addmm(bias, x, weight.t(), out=logits)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # (N, V) x (V, E)
-        grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None  # (V, N) x (N, E)
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
-
-
 def output_layer(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """`head(hidden)` `(…, V)`: through [`linear`] in decoding, through [`OutputLayerFunction`] when training on the
-    CPU (the result may then be a view with padded rows), through [`autocast_linear`] under CPU autocast to bf16;
+    """`head(hidden)` `(…, V)`: through [`linear`] in decoding, through [`LinearFunction`] when training on the
+    CPU (the result may then be a view with padded rows), through [`training_linear`] under CPU autocast to bf16;
     otherwise `head(hidden)`."""
     plain = not isinstance(head, nn.Linear) or _hooked(head) or hidden.device.type != "cpu"
     if not plain and torch.is_grad_enabled() and fused_product_dtype(hidden.device) is not None:
-        return autocast_linear(hidden, head.weight, head.bias)  # rows padded: see there
+        return training_linear(hidden, head.weight, head.bias)  # rows padded: see there
     if not torch.is_grad_enabled() or plain or hidden.dtype != head.weight.dtype or torch.is_autocast_enabled("cpu"):
         return linear(head, hidden)
-    logits = OutputLayerFunction.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias)  # (N, V)
+    logits = LinearFunction.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias)  # (N, V)
     return logits.view(*hidden.shape[:-1], logits.shape[-1])
 
 
@@ -1439,7 +1481,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
 
     def compute_logits(self, attentional: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
         """The output layer: `(…, H)` attentional vectors → `(…, V)` logits. `contiguous=False` may return a view
-        with padded rows (see [`OutputLayerFunction`]), for callers that only read it."""
+        with padded rows (see [`LinearFunction`]), for callers that only read it."""
         hidden = self.dropout(attentional)
         if self.output_projection is not None:
             hidden = linear(self.output_projection, hidden)  # (…, E)

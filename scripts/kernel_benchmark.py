@@ -1,8 +1,9 @@
 """The kernel choices of the modeling file, measured at this model's shapes on this machine (2 threads).
 
 The CPU paths of `modeling_rnn_attention.py` pick one kernel over another: tanh through the sigmoid, oneDNN's linear
-over the MKL behind `F.linear`, an LSTM cell over `nn.LSTM` for one decoding step, rows padded to 64 floats for the
-8,003-wide output layer. This script times each pair, so the figures quoted in the docstrings and BENCHMARKS.md can
+over the MKL behind `F.linear` (in decoding, for the fused training loops' per-step products, and for the training
+linears' forward and input gradient), an LSTM cell over `nn.LSTM` for one decoding step, rows padded to 64 floats
+for the 8,003-wide output layer. This script times each pair, so the figures quoted in the docstrings and BENCHMARKS.md can
 be checked on any machine (a choice may not pay off on another CPU). Each figure is the lower quartile of repeated
 calls, in milliseconds.
 
@@ -19,7 +20,17 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from hf_rnn_attention.modeling_rnn_attention import ONEDNN_LINEAR, _onednn_linear, _onednn_lstm_cell, _tanh
+from hf_rnn_attention.modeling_rnn_attention import (
+    ONEDNN_LINEAR,
+    _onednn_linear,
+    _onednn_lstm_cell,
+    _onednn_product,
+    _tanh,
+    training_linear,
+)
+
+# the rows of a fused loop's steps over one batch: 64 sentences, target lengths drawn from 6-30, longest first
+BATCH_SIZES = [64] * 7 + [59, 57, 53, 51, 49, 45, 43, 39, 39, 36, 34, 33, 29, 27, 26, 22, 22, 20, 14, 12, 9, 7, 6]
 
 
 def timed(function, calls: int = 50) -> float:
@@ -59,6 +70,40 @@ def main() -> None:
         results["linear (976, 512) x (512, 8003)"]["MKL into rows padded to 64"] = timed(
             lambda: torch.addmm(bias, x, weight.t(), out=padded)
         )
+
+        # the fused training loops' per-step products, base + h Wᵀ over the shrinking rows of one batch
+        for inputs, outputs in [(512, 2560), (2560, 512), (512, 2048), (256, 1024)]:
+            h, weight = torch.randn(64, inputs), torch.randn(outputs, inputs)
+            base, out = torch.randn(64, outputs), torch.empty(64, outputs)
+
+            def mkl(h=h, weight=weight, base=base, out=out):
+                for n in BATCH_SIZES:
+                    torch.addmm(base[:n], h[:n], weight.t(), out=out[:n])
+
+            def onednn(h=h, weight=weight, base=base, out=out):
+                for n in BATCH_SIZES:
+                    torch.add(base[:n], _onednn_product(h[:n], weight, None), out=out[:n])
+
+            results[f"per-step products (n, {inputs}) x ({inputs}, {outputs}), n over one batch"] = {
+                "addmm (MKL)": timed(mkl, calls=20), "oneDNN + add": timed(onednn, calls=20)}  # fmt: skip
+
+        # the training linears, forward and backward (N target tokens of a batch)
+        with torch.inference_mode(False):
+            for inputs, outputs in [(256, 2048), (512, 2048), (1024, 512), (512, 8003)]:
+                x = torch.randn(976, inputs, requires_grad=True)
+                weight, bias = (
+                    torch.randn(outputs, inputs, requires_grad=True),
+                    torch.randn(outputs, requires_grad=True),
+                )
+                upstream = torch.randn(976, outputs)
+
+                def train(function, x=x, weight=weight, bias=bias, upstream=upstream):
+                    function(x, weight, bias).backward(upstream)
+
+                results[f"training linear (976, {inputs}) x ({inputs}, {outputs}), forward + backward"] = {
+                    "F.linear (MKL)": timed(partial(train, F.linear), calls=20),
+                    "training_linear (oneDNN forward and input gradient)": timed(partial(train, training_linear), calls=20),
+                }  # fmt: skip
 
     lstm = torch.nn.LSTM(768, 512, batch_first=True).eval()
     x, h, c = torch.randn(64, 768), torch.randn(64, 512), torch.randn(64, 512)

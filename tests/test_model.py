@@ -183,6 +183,41 @@ def test_training_output_layer_equals_linear(bias, onednn, monkeypatch):
         torch.testing.assert_close(mine, theirs)
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+def test_training_linear_equals_f_linear(onednn, monkeypatch):
+    """The training paths' linear layers (oneDNN's forward and input gradient where the build has it, else
+    F.linear) give F.linear's values and gradients, for 2 and 3 dimensions, with and without bias, and for a
+    strided weight (a slice of the LSTM's input weights, as the fused loops take it)."""
+    from hf_rnn_attention import modeling_rnn_attention
+    from hf_rnn_attention.modeling_rnn_attention import training_linear
+
+    if onednn and not modeling_rnn_attention.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(modeling_rnn_attention, "ONEDNN_LINEAR", onednn)
+    calls = []
+    product = modeling_rnn_attention._onednn_product
+    monkeypatch.setattr(modeling_rnn_attention, "_onednn_product", lambda *a: calls.append(1) or product(*a))
+    torch.manual_seed(0)
+    full = torch.randn(37, 10, requires_grad=True)
+    bias = torch.randn(37, requires_grad=True)
+    for shape, weight, b in [((9, 6), full[:, :6], bias), ((2, 5, 6), full[:, 4:], None), ((70, 10), full, bias)]:
+        x = torch.randn(*shape, requires_grad=True)
+        upstream = torch.randn(*shape[:-1], 37)
+
+        def run(function, x=x, weight=weight, b=b, upstream=upstream):
+            for tensor in (x, full, bias):
+                tensor.grad = None
+            out = function(x, weight, b)
+            (out * upstream).sum().backward()
+            return [out.detach()] + [t.grad.clone() if t.grad is not None else None for t in (x, full, bias)]
+
+        ours, reference = run(training_linear), run(F.linear)
+        assert ours[0].shape == (*shape[:-1], 37)
+        for mine, theirs in zip(ours, reference, strict=True):
+            torch.testing.assert_close(mine, theirs)
+    assert bool(calls) == onednn  # the oneDNN path ran, or was left alone
+
+
 def test_inference_linear_equals_the_layer():
     """Decoding's linear layers (oneDNN where the build has it) give nn.Linear's values, for 1 to 3 dimensions."""
     from hf_rnn_attention.modeling_rnn_attention import linear
@@ -768,12 +803,12 @@ def test_fused_bahdanau_recurrence_under_bf16_autocast():
     assert errors[0] > 1e-6 and errors[len(errors) // 2] < 2e-2 and errors[-1] < 0.2, errors
 
 
-def test_autocast_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkeypatch):
+def test_training_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkeypatch):
     """Under CPU bf16 autocast the training products see row counts in multiples of 64 (oneDNN keeps a compiled
-    kernel per shape), with the values and gradients of F.linear; outside autocast, and without gradients
-    (decoding), it is F.linear itself."""
+    kernel per shape), with the values and gradients of F.linear; without gradients (decoding) it is F.linear
+    itself."""
     from hf_rnn_attention import modeling_rnn_attention
-    from hf_rnn_attention.modeling_rnn_attention import autocast_linear
+    from hf_rnn_attention.modeling_rnn_attention import training_linear
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 37)
@@ -787,14 +822,15 @@ def test_autocast_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkey
 
     monkeypatch.setattr(modeling_rnn_attention.F, "linear", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = autocast_linear(x, layer.weight, layer.bias)
+        out = training_linear(x, layer.weight, layer.bias)
         reference = linear(x, layer.weight, layer.bias)
     assert seen == [128] and out.shape == (2, 50, 37)
     torch.testing.assert_close(out, reference, atol=2e-2, rtol=2e-2)
     out.float().sum().backward()
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(2, 50, 6), atol=5e-2, rtol=2e-2)
     seen.clear()
-    torch.testing.assert_close(autocast_linear(x, layer.weight, layer.bias), linear(x, layer.weight, layer.bias))
+    torch.testing.assert_close(training_linear(x, layer.weight, layer.bias), linear(x, layer.weight, layer.bias))
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # decoding: one row stays one row
-        autocast_linear(x[:1, :1], layer.weight, layer.bias)
-    assert seen == [100, 1]
+        training_linear(x[:1, :1], layer.weight, layer.bias)
+    # outside autocast, with gradients: oneDNN's own function where the build has it, else F.linear
+    assert seen == ([1] if modeling_rnn_attention.ONEDNN_LINEAR else [100, 1])
