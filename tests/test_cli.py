@@ -15,7 +15,7 @@ TINY_DEMO = [
     "--set", "data.num_examples=10000",
     "--set", "data.validation_size=200",
     "--set", "data.test_size=300",
-    "--set", "training.num_train_epochs=8",
+    "--set", "training.num_train_epochs=10",  # 8 sat at the edge: 57-96 % at seed 0 with float rounding alone
     "--set", "training.warmup_steps=50",
     "--set", "early_stopping_patience=0",
 ]  # fmt: skip
