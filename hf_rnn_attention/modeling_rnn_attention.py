@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
@@ -154,8 +155,9 @@ def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _onednn_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """oneDNN for float32 CPU tensors in plain row-major layout, outside autocast: for a strided operand it takes a
-    reference kernel, measured about 20 times slower."""
+    """oneDNN for float32 CPU tensors in plain row-major layout, outside autocast: for an operand with gaps between
+    its rows (a column slice) it takes a reference kernel, measured about 20 times slower. (A transposed weight,
+    dense in memory, runs at full speed: [`LinearFunction`]'s input gradient passes one.)"""
     return _onednn_usable(x, weight) and x.is_contiguous() and weight.is_contiguous()
 
 
@@ -175,7 +177,7 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def _onednn_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bucket_rows: bool = False
 ) -> torch.Tensor:
-    """x Wᵀ + b through oneDNN; no autograd (decoding, and the forward of [`LinearFunction`]).
+    """x Wᵀ + b through oneDNN, no autograd, for decoding (the training paths call [`_onednn_product`] directly).
 
     oneDNN builds and caches one primitive per input shape. Decoding meets every row count from the batch size
     down to 1 as sentences finish, and the cached primitives cost memory: with `bucket_rows` the rows are padded
@@ -198,11 +200,16 @@ def _hooked(layer: nn.Module) -> bool:
     return bool(layer._forward_hooks or layer._forward_pre_hooks) or getattr(layer, "_hf_hook", None) is not None
 
 
+def _plain_linear(layer: nn.Module) -> bool:
+    """An `nn.Linear` itself (not a subclass, which may change what its forward does) without hooks."""
+    return type(layer) is nn.Linear and not _hooked(layer)
+
+
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`; for an `nn.Linear` through oneDNN when nothing needs gradients (decoding) and [`_onednn_fits`],
-    through [`training_linear`] with gradients. The output layer (8,003 × 512) took 6.8 ms for 64 rows through MKL
-    against 3.4 ms, and 2.1 ms for one row against 0.9 ms. The same values to float32 rounding."""
-    if not isinstance(layer, nn.Linear) or _hooked(layer):
+    """`layer(x)`; for a plain `nn.Linear` through oneDNN when nothing needs gradients (decoding) and
+    [`_onednn_fits`], through [`training_linear`] with gradients. The output layer (8,003 × 512) took 6.8 ms for 64
+    rows through MKL against 3.4 ms, and 2.1 ms for one row against 0.9 ms. The same values to float32 rounding."""
+    if not _plain_linear(layer):
         return layer(x)
     if torch.is_grad_enabled():
         return training_linear(x, layer.weight, layer.bias)
@@ -287,6 +294,12 @@ def _add_product(base: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, low,
     return torch.add(base, _product(x, weight, low), out=out)
 
 
+def _first_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """`x[:rows]` for a contiguous `x` as a tensor of its own (resized in place, the storage kept), not a view: a
+    custom autograd function's output that is a view of its own intermediate may not be modified in place."""
+    return x if x.shape[0] == rows else x.resize_(rows, *x.shape[1:])
+
+
 def _pad_rows(x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
     """`x` `(N, K)` with zero rows appended up to a multiple of `multiple`."""
     extra = -x.shape[0] % multiple
@@ -306,17 +319,23 @@ class LinearFunction(torch.autograd.Function):
     oneDNN where the build has it; ∂L/∂W = ∂L/∂yᵀ x stays with MKL (oneDNN read its two transposed operands no
     faster, and copying them costs more than it saves). Forward and backward together, 2 cores
     (scripts/kernel_benchmark.py): 23 → 19 ms for (976, 256) x (256, 2048), 44 → 38 ms for (976, 512) x (512, 2048),
-    159 → 140 ms for the output layer's (976, 512) x (512, 8003). Without oneDNN the forward writes into rows padded to 64 floats (then the
-    `(N, V)` view of them is returned): with V not a multiple of 16 (8,003 for an 8,000-piece BPE plus three
-    special tokens) MKL writes unaligned output rows, (976, 512) x (512, 8003) in 64-70 ms on 2 cores against
-    47-54 ms padded and 39 ms through oneDNN."""
+    159 → 140 ms for the output layer's (976, 512) x (512, 8003).
+
+    Both oneDNN products take their rows padded to a multiple of 64: oneDNN compiles and keeps a kernel for every
+    shape it meets, and the number of rows (real tokens in the batch) changes with every batch. Unpadded, the peers'
+    one-epoch work peaked at 2.6 GB of RSS in fp32 training (Bahdanau, 2026-12-02 run), 1.55 GB padded.
+
+    Without oneDNN (only the output layer comes here then: see [`output_layer`]) the forward writes into rows
+    padded to 64 floats and returns the `(N, V)` view of them: with V not a multiple of 16 (8,003 for an 8,000-piece
+    BPE plus three special tokens) MKL writes unaligned output rows, (976, 512) x (512, 8003) in 64-70 ms on 2
+    cores against 47-54 ms padded and 39 ms through oneDNN. Differentiable once (the oneDNN op has no gradient)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         if _onednn_fits(x, weight):
-            return _onednn_product(x, weight, bias)  # (N, V)
+            return _first_rows(_onednn_product(_pad_rows(x), weight, bias), x.shape[0])  # (N, V), rows padded
         vocab = weight.shape[0]
         logits = x.new_empty(x.shape[0], -(-vocab // 64) * 64)[:, :vocab]  # (N, V), row stride a multiple of 64
         if bias is None:
@@ -324,12 +343,13 @@ class LinearFunction(torch.autograd.Function):
         return torch.addmm(bias, x, weight.t(), out=logits)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            if _onednn_fits(grad, weight):
-                grad_x = _onednn_product(grad, weight.t(), None)  # (N, V) x (V, K)
+            if _onednn_fits(grad, weight):  # (N, V) x (V, K), rows padded; Wᵀ as a transposed view
+                grad_x = _first_rows(_onednn_product(_pad_rows(grad), weight.t(), None), grad.shape[0])
             else:
                 grad_x = grad @ weight
         if ctx.needs_input_grad[1]:
@@ -402,6 +422,7 @@ class PackedLSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
+    @once_differentiable
     def backward(ctx, grad_states, grad_h_last, grad_c_last):
         w_hh, tanh_cells, gates, previous_h, previous_c = ctx.saved_tensors
         batch_sizes, size, low = ctx.batch_sizes, w_hh.shape[1], ctx.low
@@ -804,6 +825,7 @@ class FusedBahdanauRecurrence(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
+    @once_differentiable
     def backward(ctx, grad_states, grad_contexts, grad_weights, grad_h_last, grad_c_last):
         (h0, c0, keys, values, w_context, w_recurrent, energy,
          states, cells, tanh_cells, gates, contexts, weights, hidden) = ctx.saved_tensors  # fmt: skip
@@ -1227,9 +1249,9 @@ class RNNAttentionCache:
 
 def output_layer(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """`head(hidden)` `(…, V)`: through [`linear`] in decoding, through [`LinearFunction`] when training on the
-    CPU (the result may then be a view with padded rows), through [`training_linear`] under CPU autocast to bf16;
-    otherwise `head(hidden)`."""
-    plain = not isinstance(head, nn.Linear) or _hooked(head) or hidden.device.type != "cpu"
+    CPU in float32 (the result may then be a view with padded rows), through [`training_linear`] under CPU
+    autocast to bf16; otherwise through [`linear`] (`head(hidden)` for anything but a plain `nn.Linear`)."""
+    plain = not _plain_linear(head) or hidden.device.type != "cpu"
     if not plain and torch.is_grad_enabled() and fused_product_dtype(hidden.device) is not None:
         return training_linear(hidden, head.weight, head.bias)  # rows padded: see there
     if not torch.is_grad_enabled() or plain or hidden.dtype != head.weight.dtype or torch.is_autocast_enabled("cpu"):

@@ -183,39 +183,53 @@ def test_training_output_layer_equals_linear(bias, onednn, monkeypatch):
         torch.testing.assert_close(mine, theirs)
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_training_linear_equals_f_linear(onednn, monkeypatch):
-    """The training paths' linear layers (oneDNN's forward and input gradient where the build has it, else
-    F.linear) give F.linear's values and gradients, for 2 and 3 dimensions, with and without bias, and for a
-    strided weight (a slice of the LSTM's input weights, as the fused loops take it)."""
+def test_training_linear_equals_f_linear(monkeypatch):
+    """The training paths' linear layers (oneDNN's forward and input gradient) give F.linear's values and
+    gradients: 2 and 3 dimensions, with and without bias, a strided weight (a slice of the LSTM's input weights,
+    as the fused loops take it), a strided input, and an expanded upstream gradient (which takes MKL). oneDNN sees
+    row counts in multiples of 64 only (it keeps a compiled kernel per shape, and batches bring new row counts)."""
     from hf_rnn_attention import modeling_rnn_attention
     from hf_rnn_attention.modeling_rnn_attention import training_linear
 
-    if onednn and not modeling_rnn_attention.ONEDNN_LINEAR:
-        pytest.skip("this torch build has no oneDNN linear")
-    monkeypatch.setattr(modeling_rnn_attention, "ONEDNN_LINEAR", onednn)
+    if not modeling_rnn_attention.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear (training_linear is F.linear there)")
     calls = []
     product = modeling_rnn_attention._onednn_product
-    monkeypatch.setattr(modeling_rnn_attention, "_onednn_product", lambda *a: calls.append(1) or product(*a))
+    monkeypatch.setattr(
+        modeling_rnn_attention, "_onednn_product", lambda *a: calls.append(a[0].shape[0]) or product(*a)
+    )
     torch.manual_seed(0)
-    full = torch.randn(37, 10, requires_grad=True)
-    bias = torch.randn(37, requires_grad=True)
-    for shape, weight, b in [((9, 6), full[:, :6], bias), ((2, 5, 6), full[:, 4:], None), ((70, 10), full, bias)]:
-        x = torch.randn(*shape, requires_grad=True)
-        upstream = torch.randn(*shape[:-1], 37)
+    full = torch.randn(130, 300, requires_grad=True)
+    bias = torch.randn(130, requires_grad=True)
+    wide = torch.randn(97, 400, requires_grad=True)
+    cases = [  # input, weight, bias, upstream gradient (None: out.sum(), an expanded gradient), oneDNN calls
+        (torch.randn(9, 6), full[:, :6], bias, torch.randn(9, 130), 2),
+        (torch.randn(2, 5, 294), full[:, 6:], None, torch.randn(2, 5, 130), 2),
+        (wide[:, 50:350], full, bias, torch.randn(97, 130), 2),  # a column slice: rows 400 floats apart
+        (torch.randn(97, 300), full, bias, None, 1),
+    ]
+    for x, weight, b, upstream, expected_calls in cases:
+        if x.is_leaf:
+            x.requires_grad_(True)
+        inputs = (x, full) if b is None else (x, full, b)
 
-        def run(function, x=x, weight=weight, b=b, upstream=upstream):
-            for tensor in (x, full, bias):
-                tensor.grad = None
+        def run(function, x=x, weight=weight, b=b, upstream=upstream, inputs=inputs):
             out = function(x, weight, b)
-            (out * upstream).sum().backward()
-            return [out.detach()] + [t.grad.clone() if t.grad is not None else None for t in (x, full, bias)]
+            loss = out.sum() if upstream is None else (out * upstream).sum()
+            return [out.detach(), *torch.autograd.grad(loss, inputs)]
 
-        ours, reference = run(training_linear), run(F.linear)
-        assert ours[0].shape == (*shape[:-1], 37)
-        for mine, theirs in zip(ours, reference, strict=True):
-            torch.testing.assert_close(mine, theirs)
-    assert bool(calls) == onednn  # the oneDNN path ran, or was left alone
+        calls.clear()
+        ours = run(training_linear)
+        assert len(calls) == expected_calls  # the forward, and the input gradient unless it is expanded
+        assert all(rows % 64 == 0 for rows in calls), calls
+        reference = run(F.linear)
+        assert ours[0].shape == reference[0].shape
+        for mine, theirs in zip(ours, reference, strict=True):  # sums of up to 300 products: float32 rounding
+            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        x = torch.randn(4, 300, requires_grad=True)
+        (grad,) = torch.autograd.grad(training_linear(x, full, bias).square().sum(), x, create_graph=True)
+        grad.sum().backward()
 
 
 def test_inference_linear_equals_the_layer():
