@@ -327,6 +327,37 @@ def test_fused_bahdanau_recurrence_equals_step_path(dtype):
         torch.testing.assert_close(fused[2][name], step[2][name], **tolerance, msg=name)
 
 
+def test_fused_loops_run_their_float32_step_products_through_onednn(monkeypatch):
+    """In float32 training the fused Bahdanau loop's per-step products (at most the batch's rows) go through oneDNN
+    (the speed this path exists for; the loss and gradients are checked against the step loop above), and with
+    oneDNN off they fall back to MKL with the same loss."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    if not modeling_rnn_attention.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    config = tiny_config(attention_type="additive", decoder_style="bahdanau", decoder_layers=1)
+    torch.manual_seed(0)
+    model = RNNAttentionForConditionalGeneration(config).train()
+    input_ids, mask = random_batch(batch=5, source_len=7, lengths=[7, 3, 5, 6, 2])
+    labels = torch.randint(3, 40, (5, 6), generator=torch.Generator().manual_seed(5))
+    rows = []
+    product = modeling_rnn_attention._onednn_product
+    monkeypatch.setattr(modeling_rnn_attention, "_onednn_product", lambda *a: rows.append(a[0].shape[0]) or product(*a))
+
+    def loss():
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        return out.loss.detach()
+
+    with_onednn = loss()
+    step_rows = [n for n in rows if n <= 5]  # the training linears see multiples of 64
+    assert len(step_rows) >= 2 * 6  # forward and backward of each of the 6 steps, at least
+    rows.clear()
+    monkeypatch.setattr(modeling_rnn_attention, "ONEDNN_LINEAR", False)
+    torch.testing.assert_close(loss(), with_onednn)
+    assert rows == []
+
+
 @pytest.mark.parametrize("variant", DECODER_VARIANTS)
 @pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
 @pytest.mark.parametrize("fast", [True, False])
