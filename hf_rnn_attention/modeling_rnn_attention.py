@@ -311,6 +311,23 @@ def _pad_rows(x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
     return x if extra == 0 else torch.cat([x, x.new_zeros(extra, x.shape[1])])
 
 
+def _onednn_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b `(N, V)` through oneDNN for `x` `(N, K)` with any number of rows N, in products whose rows are
+    multiples of 64 (see [`LinearFunction`]: oneDNN keeps a kernel per shape). Where the input is the narrower side
+    (K ≤ V: the forward products) its rows are padded with zeros and the output resized to N rows; else (the input
+    gradients, such as the output layer's (N, 8003) x (8003, 512)) the rows up to the last multiple of 64 go as
+    they are and only the rest is padded, so the wide operand is never copied (a 31 MB copy per step for the
+    output layer, about 2 % of a training step)."""
+    rows = x.shape[0]
+    head = rows - rows % 64
+    if head == rows:
+        return _onednn_product(x, weight, bias)
+    if x.shape[1] <= weight.shape[0] or head == 0:
+        return _first_rows(_onednn_product(_pad_rows(x), weight, bias), rows)
+    tail = _onednn_product(_pad_rows(x[head:]), weight, bias)[: rows - head]  # (N mod 64, V)
+    return torch.cat([_onednn_product(x[:head], weight, bias), tail])
+
+
 def _low_rows(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """`x` `(N, K)` in the product dtype, its rows padded to a multiple of 64 with one (see [`training_linear`])."""
     return x if dtype is None else _pad_rows(x.to(dtype))
@@ -326,7 +343,7 @@ class LinearFunction(torch.autograd.Function):
     (scripts/kernel_benchmark.py): 23 → 19 ms for (976, 256) x (256, 2048), 44 → 38 ms for (976, 512) x (512, 2048),
     159 → 140 ms for the output layer's (976, 512) x (512, 8003).
 
-    Both oneDNN products take their rows padded to a multiple of 64: oneDNN compiles and keeps a kernel for every
+    Both oneDNN products run on rows in multiples of 64 ([`_onednn_rows`]): oneDNN compiles and keeps a kernel for every
     shape it meets, and the number of rows (real tokens in the batch) changes with every batch. Unpadded, the peers'
     one-epoch work peaked at 2.6 GB of RSS in fp32 training (Bahdanau, 2026-12-02 run), 1.55 GB padded.
 
@@ -340,7 +357,7 @@ class LinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         if _onednn_fits(x, weight):
-            return _first_rows(_onednn_product(_pad_rows(x), weight, bias), x.shape[0])  # (N, V), rows padded
+            return _onednn_rows(x, weight, bias)  # (N, V)
         vocab = weight.shape[0]
         logits = x.new_empty(x.shape[0], -(-vocab // 64) * 64)[:, :vocab]  # (N, V), row stride a multiple of 64
         if bias is None:
@@ -353,8 +370,8 @@ class LinearFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            if _onednn_fits(grad, weight):  # (N, V) x (V, K), rows padded; Wᵀ as a transposed view
-                grad_x = _first_rows(_onednn_product(_pad_rows(grad), weight.t(), None), grad.shape[0])
+            if _onednn_fits(grad, weight):  # (N, V) x (V, K); Wᵀ as a transposed view
+                grad_x = _onednn_rows(grad, weight.t(), None)
             else:
                 grad_x = grad @ weight
         if ctx.needs_input_grad[1]:
@@ -435,20 +452,26 @@ class PackedLSTMRecurrence(torch.autograd.Function):
         batch = batch_sizes[0]
         grad_h = grad_h_last.clone() if grad_h_last is not None else w_hh.new_zeros(batch, size)  # carries (B, H)
         grad_c = grad_c_last.clone() if grad_c_last is not None else w_hh.new_zeros(batch, size)
-        grad_gates = torch.empty_like(gates)  # (N, 4H) w.r.t. the pre-activations
+        # The gates' local derivatives, for all steps at once before the loop (they depend on the forward only):
+        # ∂c_t/∂(pre-activations of i, f, g) = g σ'(·), c_{t-1} σ'(·), i (1 − g²); ∂h_t/∂(that of o) = tanh(c_t) σ'(·);
+        # ∂h_t/∂c_t = o (1 − tanh²(c_t)); σ' = σ (1 − σ). The loop then multiplies them by ∂L/∂c_t and ∂L/∂h_t.
+        i, f, cand, o = gates.chunk(4, dim=1)  # (N, H) each, after their nonlinearities
+        grad_gates = torch.rsub(gates, 1).mul_(gates)  # (N, 4H): σ (1 − σ); its g part is replaced next
+        local_i, local_f, local_g, local_o = grad_gates.chunk(4, dim=1)
+        local_i.mul_(cand)
+        local_f.mul_(previous_c)
+        torch.mul(cand, cand, out=local_g).neg_().add_(1).mul_(i)
+        local_o.mul_(tanh_cells)
+        through = torch.mul(tanh_cells, tanh_cells).neg_().add_(1).mul_(o)  # (N, H): ∂h_t/∂c_t
         offsets = _offsets(batch_sizes)
         for t in range(len(batch_sizes)) if ctx.reverse else reversed(range(len(batch_sizes))):
             n, rows = batch_sizes[t], slice(offsets[t], offsets[t] + batch_sizes[t])
-            i, f, cand, o = gates[rows].chunk(4, dim=1)
-            tanh_c = tanh_cells[rows]
             grad_s = grad_h[:n] if grad_states is None else grad_states[rows] + grad_h[:n]  # ∂L/∂h_t: (n, H)
-            grad_m = grad_c[:n] + grad_s * o * (1 - tanh_c * tanh_c)  # ∂L/∂c_t
-            gi, gf, gg, go = grad_gates[rows].chunk(4, dim=1)
-            torch.mul(grad_m * cand, i * (1 - i), out=gi)
-            torch.mul(grad_m * previous_c[rows], f * (1 - f), out=gf)
-            torch.mul(grad_m * i, 1 - cand * cand, out=gg)
-            torch.mul(grad_s * tanh_c, o * (1 - o), out=go)
-            grad_c[:n] = grad_m * f
+            grad_m = torch.addcmul(grad_c[:n], grad_s, through[rows])  # ∂L/∂c_t: (n, H)
+            step_gates = grad_gates[rows].view(n, 4, size)  # ∂L/∂(pre-activations) of i, f, g, o: (n, 4, H)
+            step_gates[:, :3].mul_(grad_m.unsqueeze(1))
+            step_gates[:, 3].mul_(grad_s)
+            torch.mul(grad_m, f[rows], out=grad_c[:n])  # ∂L/∂c_{t-1}
             grad_h[:n] = _product(grad_gates[rows], w_step, low)  # ∂L/∂h_{t-1}
         grad_w_hh = (_low_rows(grad_gates, low).t() @ _low_rows(previous_h, low)).to(w_hh.dtype)  # (4H, H)
         return grad_gates, grad_h, grad_c, grad_w_hh, None, None, None
