@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput
@@ -551,6 +551,28 @@ def run_packed(rnn: nn.Module, packed: PackedSequence, state=None):
     return rnn(packed, state)
 
 
+def pack(x: torch.Tensor, lengths: torch.Tensor) -> tuple[PackedSequence, torch.Tensor]:
+    """`pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)` as one gather, and beside it
+    the position b·T + t in `x` `(B, T, F)` of every packed row (for [`unpack`]). `lengths` `(B,)`, each ≥ 1.
+
+    PyTorch's pack and pad copy one time step at a time, and autograd records each of `pad_packed_sequence`'s
+    copies: its backward clones the whole `(B, T, X)` gradient once per time step. Here packing and unpacking are
+    one `index_select` and one `index_copy` each way. Rows are sorted longest first, as PyTorch sorts them."""
+    batch, total = x.shape[:2]
+    lengths, order = torch.sort(lengths.to(device="cpu", dtype=torch.long), descending=True)
+    running = lengths[None, :] > torch.arange(int(lengths[0]))[:, None]  # (T', B): row b still runs at step t
+    steps, rows = running.nonzero(as_tuple=True)  # time-major, as a PackedSequence lays its rows out
+    positions = (order[rows] * total + steps).to(x.device)  # (N,)
+    data = x.reshape(batch * total, -1).index_select(0, positions)  # (N, F)
+    return PackedSequence(data, running.sum(dim=1), order.to(x.device), None), positions
+
+
+def unpack(data: torch.Tensor, positions: torch.Tensor, batch: int, total: int) -> torch.Tensor:
+    """Packed rows `(N, X)` back to `(B, T, X)` in the input order, 0 at padding: `pad_packed_sequence` for the
+    `positions` that [`pack`] returned."""
+    return data.new_zeros(batch * total, data.shape[1]).index_copy(0, positions, data).view(batch, total, -1)
+
+
 # ─────────────────────────────────────────────── Encoder ───────────────────────────────────────────────
 
 
@@ -626,9 +648,9 @@ class RNNAttentionEncoder(nn.Module):
         lengths = mask.sum(dim=1).clamp(min=1)  # (B,); an empty source reads one pad token and stays finite
 
         embedded = self.dropout(self.embed_tokens(input_ids))  # (B, S, E)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed, positions = pack(embedded, lengths)
         packed_outputs, final = run_packed(self.rnn, packed)  # final: (layers · directions, B, H_enc)
-        outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=source_len)  # (B, S, M)
+        outputs = unpack(packed_outputs.data, positions, batch_size, source_len)  # (B, S, M)
 
         directions = 2 if self.config.bidirectional else 1
 
@@ -1118,15 +1140,19 @@ class RNNAttentionDecoder(nn.Module):
             rnn_outputs, state = self._rnn(embedded, state)  # (B, T, H): one cuDNN/MKL call for all steps
             attentional, weights = self._attentional(rnn_outputs, memory)  # one batched attention
             return DecoderOutput(attentional, weights, rnn_outputs, state, None)
-        total = embedded.shape[1]
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        batch, total = embedded.shape[:2]
+        packed, positions = pack(embedded, lengths)
         packed_outputs, state = self._rnn(packed, state)  # state: each row's state after its last step
-        rnn_outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=total)  # (B, T, H)
-        attentional, weights = self._attentional(rnn_outputs, memory)
-        real = (torch.arange(total) < lengths[:, None]).to(embedded.device).unsqueeze(-1)  # (B, T, 1)
-        attentional = attentional * real  # 0 at padding: nothing there was decoded
-        weights = weights * real if weights is not None else None
-        return DecoderOutput(attentional, weights, rnn_outputs, state, None)
+        rnn_outputs = unpack(packed_outputs.data, positions, batch, total)  # (B, T, H), 0 at padding
+        if not self.has_attention:
+            return DecoderOutput(rnn_outputs, None, rnn_outputs, state, None)
+        context, weights = self.attention(rnn_outputs, memory)  # (B, T, M), (B, T, S): batched, cheap
+        real_context = context.reshape(batch * total, -1).index_select(0, positions)  # (N, M)
+        # the attentional vector (a (M + H) x H product) only for the N real positions: none for padding
+        combined = torch.cat([real_context, packed_outputs.data], dim=-1)  # (N, M + H)
+        attentional = torch.tanh(linear(self.attention_combine, combined))  # (N, H)
+        weights = unpack(weights.reshape(batch * total, -1).index_select(0, positions), positions, batch, total)
+        return DecoderOutput(unpack(attentional, positions, batch, total), weights, rnn_outputs, state, None)
 
     def _forward_fused(self, embedded, memory: Memory, state: tuple, lengths) -> DecoderOutput:
         """Bahdanau order through [`FusedBahdanauRecurrence`]: x_t = W_ie y_{t-1} + b for every real position in
@@ -1134,7 +1160,7 @@ class RNNAttentionDecoder(nn.Module):
         batch, total, embedding_size = embedded.shape
         if lengths is None:
             lengths = torch.full((batch,), total, dtype=torch.long)
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)  # longest first
+        packed, positions = pack(embedded, lengths)  # longest first
         order, rnn, score = packed.sorted_indices, self.rnn, self.attention.score
         input_gates = training_linear(
             packed.data, rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0 + rnn.bias_hh_l0
@@ -1160,12 +1186,9 @@ class RNNAttentionDecoder(nn.Module):
         else:
             attentional = torch.tanh(training_linear(combined, combine.weight, combine.bias))  # (N, H)
 
-        def unpack(data):  # packed (N, X) → (B, T, X) in the input order, 0 at padding
-            packed_data = PackedSequence(data, packed.batch_sizes, order, packed.unsorted_indices)
-            return pad_packed_sequence(packed_data, batch_first=True, total_length=total)[0]
-
         final = tuple(s.index_select(0, packed.unsorted_indices).unsqueeze(0) for s in (h_last, c_last))  # (1, B, H)
-        return DecoderOutput(unpack(attentional), unpack(weights), unpack(states), final, None)
+        attentional, weights, states = (unpack(x, positions, batch, total) for x in (attentional, weights, states))
+        return DecoderOutput(attentional, weights, states, final, None)
 
     def _forward_steps(self, embedded, memory: Memory, state: tuple, input_feed) -> DecoderOutput:
         """Step by step over all T positions (the reference path; generate() feeds one position at a time)."""

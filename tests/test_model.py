@@ -117,6 +117,29 @@ def test_fast_path_equals_step_path(variant, rnn_type):
         torch.testing.assert_close(fast_grads[name], step_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_pack_and_unpack_equal_pytorchs_pack_and_pad():
+    """`pack` gives PyTorch's PackedSequence (data, batch sizes, both orders, ties included) and `unpack` its
+    padded tensor, with the same gradient through both."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from hf_rnn_attention.modeling_rnn_attention import pack, unpack
+
+    x = torch.randn(5, 6, 3, requires_grad=True)
+    lengths = torch.tensor([4, 6, 1, 4, 5])
+    upstream = torch.randn(5, 6, 3)
+    ours, positions = pack(x, lengths)
+    theirs = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    for field in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"):
+        torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), rtol=0, atol=0, msg=field)
+    mine = unpack(ours.data * 2, positions, 5, 6)
+    reference = pad_packed_sequence(theirs._replace(data=theirs.data * 2), batch_first=True, total_length=6)[0]
+    torch.testing.assert_close(mine, reference, rtol=0, atol=0)
+    (grad_mine,) = torch.autograd.grad((mine * upstream).sum(), x)
+    (grad_reference,) = torch.autograd.grad((reference * upstream).sum(), x)
+    torch.testing.assert_close(grad_mine, grad_reference, rtol=0, atol=0)
+    assert grad_mine[2, 1:].abs().max() == 0  # padding gets no gradient
+
+
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
