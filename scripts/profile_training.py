@@ -60,7 +60,8 @@ def main():
     config.bos_token_id = config.decoder_start_token_id = tokenizer.bos_token_id
     torch.manual_seed(0)
     model = RNNAttentionForConditionalGeneration(config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # the train command's optimizer for this work (configs/peers_work.yaml: adamw_torch_fused, weight decay 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
     stream = batches(args, tokenizer, model)
 
     def step(batch):

@@ -117,6 +117,31 @@ def test_fast_path_equals_step_path(variant, rnn_type):
         torch.testing.assert_close(fast_grads[name], step_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_dropout_drops_at_rate_p_and_scales_the_rest():
+    """The model's dropout (a cheaper mask than PyTorch's on the CPU) zeroes a fraction p, scales the rest by
+    1 / (1 − p) (its gradient too), follows torch.manual_seed, and is the identity in eval mode and at p = 0."""
+    from hf_rnn_attention.modeling_rnn_attention import Dropout, dropout
+
+    x = torch.rand(300, 1001) + 1.0  # no zeros of its own; an odd count of elements
+    for p in (0.1, 0.5, 0.9):
+        torch.manual_seed(0)
+        out = dropout(x, p, True)
+        dropped = (out == 0).double().mean().item()
+        assert abs(dropped - p) < 0.005, (p, dropped)  # 300,300 draws: the standard error is under 0.001
+        torch.testing.assert_close(out[out != 0], x[out != 0] / (1 - p))
+        torch.manual_seed(0)
+        torch.testing.assert_close(dropout(x, p, True), out, rtol=0, atol=0)
+    leaf = x.clone().requires_grad_(True)
+    out = dropout(leaf, 0.3, True)
+    out.sum().backward()
+    torch.testing.assert_close(leaf.grad, (out != 0).float() / 0.7)
+    assert dropout(x, 1.0, True).abs().max() == 0
+    assert dropout(x, 0.0, True) is x or torch.equal(dropout(x, 0.0, True), x)
+    module = Dropout(0.5)
+    assert torch.equal(module.eval()(x), x)
+    assert (module.train()(x) == 0).any()
+
+
 def test_pack_and_unpack_equal_pytorchs_pack_and_pad():
     """`pack` gives PyTorch's PackedSequence (data, batch sizes, both orders, ties included) and `unpack` its
     padded tensor, with the same gradient through both."""
