@@ -314,10 +314,10 @@ def _pad_rows(x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
 def _onednn_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x Wᵀ + b `(N, V)` through oneDNN for `x` `(N, K)` with any number of rows N, in products whose rows are
     multiples of 64 (see [`LinearFunction`]: oneDNN keeps a kernel per shape). Where the input is the narrower side
-    (K ≤ V: the forward products) its rows are padded with zeros and the output resized to N rows; else (the input
-    gradients, such as the output layer's (N, 8003) x (8003, 512)) the rows up to the last multiple of 64 go as
-    they are and only the rest is padded, so the wide operand is never copied (a 31 MB copy per step for the
-    output layer, about 2 % of a training step)."""
+    (K ≤ V, as in the output layer's forward) its rows are padded with zeros and the output resized to N rows;
+    else (K > V, as in the output layer's input gradient (N, 8003) x (8003, 512), or W_c's forward) the rows up to
+    the last multiple of 64 go as they are and only the rest is padded: the wider of input and output is never
+    copied (for the output layer's gradient that was 31 MB a step)."""
     rows = x.shape[0]
     head = rows - rows % 64
     if head == rows:
@@ -558,12 +558,15 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     PyTorch's CPU dropout draws one Bernoulli sample per element at about 9 ns each on the AMD EPYC of
     BENCHMARKS.md; 64 random bits serve two elements here. (1000, 512), 2 cores: 5.5 → 2.1 ms, and a training step
     of the peers' work has four such calls. The generator is torch's default, so `torch.manual_seed` still fixes
-    the masks; on other devices, and for p = 0 or 1, `F.dropout` itself."""
-    if not training or p in (0.0, 1.0) or x.device.type != "cpu" or x.numel() == 0:
+    the masks; on other devices, and for p = 0 or p within 2⁻³³ of 1, `F.dropout` itself."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    threshold = round(p * 2**32)  # words below it (of 2³²) drop their element
+    if not training or threshold in (0, 2**32) or x.device.type != "cpu" or x.numel() == 0:
         return F.dropout(x, p, training)
     count = x.numel()
-    words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None)  # uniform 64-bit words
-    keep = words.view(torch.int32)[:count] >= round(p * 2**32) - 2**31  # (count,) P(keep) = 1 − p
+    words = torch.empty((count + 1) // 2, dtype=torch.int64, device=x.device).random_(-(2**63), None)  # 64 bits
+    keep = words.view(torch.int32)[:count] >= threshold - 2**31  # (count,) P(keep) = 1 − p
     return x * keep.view(x.shape).to(x.dtype).mul_(1 / (1 - p))
 
 

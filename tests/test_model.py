@@ -136,6 +136,9 @@ def test_dropout_drops_at_rate_p_and_scales_the_rest():
     out.sum().backward()
     torch.testing.assert_close(leaf.grad, (out != 0).float() / 0.7)
     assert dropout(x, 1.0, True).abs().max() == 0
+    assert dropout(x, 1.0 - 2**-40, True).abs().max() == 0  # p that rounds to 2³² words of 2³²: all dropped
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropout(x, 1.5, True)
     assert dropout(x, 0.0, True) is x or torch.equal(dropout(x, 0.0, True), x)
     module = Dropout(0.5)
     assert torch.equal(module.eval()(x), x)
