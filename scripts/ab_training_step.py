@@ -6,7 +6,7 @@ The machine of BENCHMARKS.md is a shared VM whose speed drifts by tens of percen
 runs cannot tell a change of a few percent. This loads `hf_rnn_attention/modeling_rnn_attention.py` as it was at
 `--baseline` (`git show`) beside the working tree's, builds the same model from each (the same initial weights),
 and times rounds of the same batches of the peers' work (64 random Multi30k pairs each, the peers' BPE, as
-`profile_training.py` makes them): forward, backward, clip 1.0 and fused AdamW, as the train command runs them.
+`profile_training.py` makes them, with its model config): forward, backward, clip 1.0 and fused AdamW, as the train command runs them.
 The two versions take turns, each going first in every other round. Prints the ms per step of every round, the
 medians and their ratio. Both versions share the rest of the package (configuration, tokenization) as it is now.
 """
@@ -23,9 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import profile_training  # noqa: E402  (the peers' batches)
 
-from hf_rnn_attention import RNNAttentionConfig, modeling_rnn_attention  # noqa: E402
-from hf_rnn_attention.cli import resolve_config_path  # noqa: E402
-from hf_rnn_attention.tokenization import tokenizer_from_file  # noqa: E402
+from hf_rnn_attention import modeling_rnn_attention  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,11 +48,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
 
-    tokenizer = tokenizer_from_file(f"{args.peers}/data/bpe8k.json")
-    config = RNNAttentionConfig.from_json_file(resolve_config_path(args.preset, (".json",)))
-    config.vocab_size, config.dropout, config.tie_word_embeddings = len(tokenizer), 0.2, False
-    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    config.bos_token_id = config.decoder_start_token_id = tokenizer.bos_token_id
+    tokenizer, config = profile_training.peers_tokenizer_and_config(args.preset, args.peers)
     versions = {"baseline": baseline_module(args.baseline)["RNNAttentionForConditionalGeneration"],
                 "working tree": modeling_rnn_attention.RNNAttentionForConditionalGeneration}  # fmt: skip
     torch.manual_seed(0)

@@ -44,6 +44,16 @@ def batches(args, tokenizer, model):
                         "labels": tokenizer(text_target=target[i])["input_ids"]} for i in chunk])  # fmt: skip
 
 
+def peers_tokenizer_and_config(preset: str, peers: str):
+    """The peers' BPE and the model config of `preset` for their work (dropout 0.2, untied output layer)."""
+    tokenizer = tokenizer_from_file(f"{peers}/data/bpe8k.json")
+    config = RNNAttentionConfig.from_json_file(resolve_config_path(preset, (".json",)))
+    config.vocab_size, config.dropout, config.tie_word_embeddings = len(tokenizer), 0.2, False
+    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config.bos_token_id = config.decoder_start_token_id = tokenizer.bos_token_id
+    return tokenizer, config
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="bahdanau")
@@ -53,11 +63,7 @@ def main():
     parser.add_argument("--by-shape", action="store_true", help="the matrix products grouped by shape, with GFLOP/s")
     args = parser.parse_args()
 
-    tokenizer = tokenizer_from_file(f"{args.peers}/data/bpe8k.json")
-    config = RNNAttentionConfig.from_json_file(resolve_config_path(args.preset, (".json",)))
-    config.vocab_size, config.dropout, config.tie_word_embeddings = len(tokenizer), 0.2, False
-    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    config.bos_token_id = config.decoder_start_token_id = tokenizer.bos_token_id
+    tokenizer, config = peers_tokenizer_and_config(args.preset, args.peers)
     torch.manual_seed(0)
     model = RNNAttentionForConditionalGeneration(config).train()
     # the train command's optimizer for this work (configs/peers_work.yaml: adamw_torch_fused, weight decay 0)
