@@ -1867,6 +1867,10 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         beams_to_keep = max(2, 1 + (eos.shape[0] if eos is not None else 0)) * num_beams  # 2K candidates per sentence
         top_num_beam_mask = torch.arange(beams_to_keep, device=device) < num_beams  # (2K,)
         fill = (pad or eos[0]) if eos is not None else -1  # transformers' padding of finished hypotheses
+        # the exact stop of `_best_hypotheses_are_final` holds when no score can grow as a hypothesis gets longer
+        best_are_final = cfg.length_penalty <= 0 and not any(
+            type(p).__name__ in self._PROCESSORS_THAT_MAY_RAISE_SCORES for p in logits_processor
+        )
         top_k_extra = {}  # transformers 4.57 also takes the vocabulary size
         if "vocab_size" in inspect.signature(self._get_top_k_continuations).parameters:
             top_k_extra["vocab_size"] = self.config.vocab_size
@@ -1930,6 +1934,10 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             final = ~can_improve[:, 0]
             if cfg.early_stopping is True:
                 final |= is_sent_finished.all(dim=1)
+            if best_are_final:
+                final |= self._best_hypotheses_are_final(finished_scores, is_sent_finished, running_scores,
+                                                         cfg.num_return_sequences, cur_len + 1 - prompt_len,
+                                                         cfg.length_penalty)  # fmt: skip
             if bool(hits_stop.all()):
                 final[:] = True
             cache.reorder_cache(beam_rows)  # each running beam continues from the state it extends
@@ -1956,6 +1964,32 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         lengths = done_lengths[:, :num_return].reshape(-1)  # (B·R,) tokens generated, EOS included
         sequences = done_sequences[:, :num_return].reshape(batch_size * num_return, max_length)
         return sequences[:, : prompt_len + int(lengths.max())]
+
+    # processors that can add a positive amount to a log-probability (all others only lower some to -inf or scale
+    # negative scores up in size, so a hypothesis' summed log-probability never grows as it gets longer)
+    _PROCESSORS_THAT_MAY_RAISE_SCORES = frozenset(
+        {"SequenceBiasLogitsProcessor", "ExponentialDecayLengthPenalty", "InfNanRemoveLogitsProcessor"}
+    )
+
+    @staticmethod
+    def _best_hypotheses_are_final(finished_scores, is_sent_finished, running_scores, num_return, next_length,
+                                   length_penalty) -> torch.Tensor:  # fmt: skip
+        """Which sentences' `num_return` best finished hypotheses no running beam can beat any more: `(A,)` bool.
+
+        transformers' early-stopping test waits until a sentence has K finished hypotheses, since it keeps K; only
+        the best `num_return` are returned. With a length penalty ≤ 0 (0: OpenNMT-py's and Joey NMT's "no length
+        penalty") and log-probabilities ≤ 0, a hypothesis' score only falls as it grows: every hypothesis still to
+        finish scores at most the best running beam's summed log-probability divided by `next_length ** length_penalty`
+        (`next_length`: the length of a hypothesis that finishes at the next step). Once the `num_return`-th best
+        finished score is above that bound, transformers' loop would return the same hypotheses, and the sentence
+        can leave the batch (what OpenNMT-py's beam search does with one returned hypothesis: stop when the best
+        beam has ended). Strictly above, so ties cannot reorder.
+
+        `finished_scores`, `is_sent_finished` `(A, K)`, sorted best first; `running_scores` `(A, K)`, sorted best first.
+        """
+        best_possible = running_scores[:, 0] / next_length**length_penalty  # (A,)
+        last_returned = num_return - 1
+        return is_sent_finished[:, last_returned] & (finished_scores[:, last_returned] > best_possible)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean (label-smoothed) cross-entropy of `(N, V)` logits over the labels that are not -100 (0 if none)."""

@@ -1,5 +1,7 @@
 """generate(): cached decoding equals full recomputation for every decoding mode, and the options work."""
 
+import itertools
+
 import pytest
 import torch
 from conftest import DECODER_VARIANTS, random_batch, tiny_model
@@ -375,6 +377,45 @@ def test_beam_search_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     monkeypatch.setattr(RNNAttentionCache, "keep_rows",
                         lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
     assert model.generate(input_ids, **settings).tolist() != reference.tolist()
+
+
+def test_beam_search_stops_a_sentence_once_its_best_hypotheses_cannot_be_beaten(monkeypatch):
+    """Without a length penalty, a sentence leaves the beam as soon as its returned hypotheses score above every
+    running beam (OpenNMT-py's stop), not only when it has K finished ones (transformers' test): the same
+    sequences as transformers' loop, fewer decoded rows. With a positive length penalty the test does not apply."""
+    # a model whose later hypotheses beat earlier finished ones: stopping on the worst running beam would fail
+    model = tiny_model(seed=7, init_std=1.0, attention_type="general", input_feeding=True)
+    input_ids, mask = beam_batch()
+    rows = []
+    model.model.decoder.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    decoded = {}
+    for eos_bias, returned, penalty in itertools.product((0.0, 0.1, 0.2), (1, 2), (0.0, -0.5)):
+        with torch.no_grad():  # sentences end at different steps
+            model.lm_head.bias[model.config.eos_token_id] = eos_bias
+        settings = dict(attention_mask=mask, num_beams=4, max_new_tokens=20, length_penalty=penalty,
+                        num_return_sequences=returned)  # fmt: skip
+        reference = transformers_generate(model, input_ids, **settings)
+        rows.clear()
+        assert model.generate(input_ids, **settings).tolist() == reference.tolist()
+        decoded[returned] = decoded.get(returned, 0) + sum(rows)
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                type(model),
+                "_best_hypotheses_are_final",
+                staticmethod(lambda finished, *args: torch.zeros_like(finished[:, 0], dtype=torch.bool)),
+            )
+            rows.clear()
+            assert model.generate(input_ids, **settings).tolist() == reference.tolist()
+            key = (returned, "transformers' test only")
+            decoded[key] = decoded.get(key, 0) + sum(rows)
+    assert decoded[1] < decoded[2] <= decoded[2, "transformers' test only"], decoded
+    assert decoded[1] < 0.9 * decoded[1, "transformers' test only"], decoded
+
+    def not_for_a_positive_penalty(*args):
+        raise AssertionError("the exact stop needs scores that never grow")
+
+    monkeypatch.setattr(type(model), "_best_hypotheses_are_final", staticmethod(not_for_a_positive_penalty))
+    model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=20, length_penalty=1.0)
 
 
 GREEDY_SETTINGS = [  # (max_new_tokens, extra)
