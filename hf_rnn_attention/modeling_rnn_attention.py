@@ -1328,6 +1328,12 @@ class RNNAttentionCache:
         self.memory = Memory(*(tensor.index_select(0, rows) for tensor in self.memory))
         self.reorder_cache(rows)
 
+    def repeat_rows(self, copies: int) -> None:
+        """In place: each row `copies` times in a row (memory included), as beam search gives a sentence K beams."""
+        rows = torch.arange(self.memory.values.shape[0], device=self.memory.values.device).repeat_interleave(copies)
+        self.memory = Memory(*(tensor.index_select(0, rows) for tensor in self.memory))
+        self.reorder_cache(rows)
+
     def __repr__(self) -> str:
         batch, source_len = self.memory.values.shape[:2]
         return f"RNNAttentionCache(batch={batch}, source_len={source_len}, seq_length={self.seq_length})"
@@ -1778,6 +1784,39 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             return_dict=True,
         )
 
+    def _decode_prompt_once_per_sentence(self, input_ids, model_kwargs, copies: int) -> tuple[torch.Tensor, object]:
+        """`_decode_prompt` for beam search: `(N·copies, V)` last-position logits and the cache.
+
+        generate() hands beam search each sentence `copies` (K) times: the same prompt and the same encoder outputs.
+        When they are the same, the memory (the projected keys) and the first step are computed once per sentence
+        and copied to its beams, as OpenNMT-py tiles its encoder states; otherwise for every row.
+        """
+        encoder_outputs, mask = model_kwargs["encoder_outputs"], model_kwargs.get("attention_mask")
+        rows = input_ids.shape[0] // copies
+
+        def same_per_sentence(tensor):  # (N·K, …): each sentence's K rows equal
+            if tensor is None:
+                return True
+            grouped = tensor.reshape(rows, copies, -1)
+            return bool((grouped == grouped[:, :1]).all())
+
+        fields = ("last_hidden_state", "final_hidden_state", "final_cell_state")
+        if copies == 1 or not (
+            isinstance(encoder_outputs, RNNAttentionEncoderOutput)
+            and all(same_per_sentence(t) for t in (input_ids, mask, *(getattr(encoder_outputs, f) for f in fields)))
+        ):
+            outputs = self._decode_prompt(input_ids, model_kwargs)
+            return outputs.logits[:, -1, :], outputs[CACHE_FIELD]
+        sliced = {f: getattr(encoder_outputs, f) for f in fields}
+        sliced = {f: t[::copies] if t is not None else None for f, t in sliced.items()}
+        first = {"encoder_outputs": RNNAttentionEncoderOutput(**sliced)}
+        if mask is not None:
+            first["attention_mask"] = mask[::copies]
+        outputs = self._decode_prompt(input_ids[::copies], first)
+        cache = outputs[CACHE_FIELD]
+        cache.repeat_rows(copies)  # memory and state
+        return outputs.logits[:, -1, :].repeat_interleave(copies, dim=0), cache
+
     def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 streamer=None, **model_kwargs):  # fmt: skip
         """Greedy decoding over the sentences still running, as Joey NMT and OpenNMT-py do.
@@ -1891,12 +1930,12 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         done_sequences, done_lengths = finished.clone(), torch.zeros(batch_size, num_beams, dtype=torch.long,
                                                                      device=device)  # fmt: skip
 
-        outputs = self._decode_prompt(input_ids, model_kwargs)
-        cache, cur_len = outputs[CACHE_FIELD], prompt_len
+        logits, cache = self._decode_prompt_once_per_sentence(input_ids, model_kwargs, num_beams)  # (B·K, V)
+        cur_len = prompt_len
         while True:
             active = sentences.shape[0]
-            log_probs = F.log_softmax(outputs.logits[:, -1, :].float(), dim=-1)  # (A·K, V)
-            del outputs  # no (A·K, V) tensor of this step stays alive into the next step's forward
+            log_probs = F.log_softmax(logits.float(), dim=-1)  # (A·K, V)
+            del logits  # no (A·K, V) tensor of this step stays alive into the next step's forward
             log_probs = logits_processor(running[:, :, :cur_len].reshape(active * num_beams, cur_len), log_probs)
             log_probs = (log_probs.view(active, num_beams, -1) + running_scores[:, :, None]).view(active, -1)
             topk_scores, topk_sequences, topk_origins = self._get_top_k_continuations(
@@ -1953,12 +1992,12 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
                 running_origins, finished_origins = running_origins[keep], finished_origins[keep]
                 is_sent_finished, can_improve = is_sent_finished[keep], can_improve[keep]
                 cache.keep_rows((keep[:, None] * num_beams + torch.arange(num_beams, device=device)).view(-1))
-            outputs = self(
+            logits = self(
                 decoder_input_ids=running[:, :, cur_len - 1].reshape(-1, 1),
                 cache=cache,
                 use_cache=True,
                 return_dict=True,
-            )
+            ).logits[:, -1, :]  # (A·K, V)
 
         num_return = cfg.num_return_sequences
         lengths = done_lengths[:, :num_return].reshape(-1)  # (B·R,) tokens generated, EOS included

@@ -418,6 +418,44 @@ def test_beam_search_stops_a_sentence_once_its_best_hypotheses_cannot_be_beaten(
     model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=20, length_penalty=1.0)
 
 
+def test_beam_search_decodes_the_prompt_once_per_sentence():
+    """generate() gives beam search each sentence K times; the keys and the first step are computed once per
+    sentence and copied to its beams (the same logits and state as computing every row), and for every row when
+    the K copies differ."""
+    model = beam_model()
+    input_ids, mask = beam_batch()
+    rows = []
+    model.model.decoder.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=20)
+    assert rows[:2] == [8, 32], rows
+
+    copies = 3
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids, mask)
+    expanded = {
+        "encoder_outputs": type(encoder_outputs)(
+            **{key: value.repeat_interleave(copies, dim=0) for key, value in encoder_outputs.items()}
+        ),
+        "attention_mask": mask.repeat_interleave(copies, dim=0),
+    }
+    prompt = torch.full((8 * copies, 1), model.config.decoder_start_token_id)
+    with torch.no_grad():
+        every_row = model._decode_prompt(prompt, expanded)
+        logits, cache = model._decode_prompt_once_per_sentence(prompt, expanded, copies)
+        torch.testing.assert_close(logits, every_row.logits[:, -1], rtol=1e-6, atol=1e-6)
+        for ours, reference in zip(
+            (*cache.memory, *cache.state),
+            (*every_row[CACHE_FIELD].memory, *every_row[CACHE_FIELD].state),
+            strict=True,
+        ):
+            torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+        rows.clear()
+        expanded["attention_mask"][1, -1] = 0  # one copy differs: every row is decoded
+        logits, _ = model._decode_prompt_once_per_sentence(prompt, expanded, copies)
+        assert rows == [8 * copies]
+        assert torch.equal(logits, model._decode_prompt(prompt, expanded).logits[:, -1])
+
+
 GREEDY_SETTINGS = [  # (max_new_tokens, extra)
     (20, {}),
     (20, {"no_repeat_ngram_size": 2, "min_new_tokens": 3}),
