@@ -902,6 +902,34 @@ def test_fused_bahdanau_recurrence_under_bf16_autocast():
     assert errors[0] > 1e-6 and errors[len(errors) // 2] < 2e-2 and errors[-1] < 0.2, errors
 
 
+@pytest.mark.parametrize("attention_type", ["dot", "general", "additive"])
+def test_attention_runs_in_float32_under_cpu_autocast(attention_type):
+    """Under CPU autocast the attention's batched products run in float32 (their shapes change with every batch,
+    and oneDNN's bf16 kernels are compiled per shape): the same context and weights as without autocast, from bf16
+    queries and keys as autocast's linear layers give them, and gradients that reach them."""
+    from hf_rnn_attention.modeling_rnn_attention import Attention
+
+    torch.manual_seed(0)
+    config = tiny_config(attention_type=attention_type)
+    attention = Attention(config)
+    values = torch.randn(3, 5, config.encoder_output_size)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] * 4 + [0]], dtype=torch.bool)
+    query = torch.randn(3, 4, config.decoder_hidden_size).bfloat16().float()
+    with torch.no_grad():
+        memory = attention.memory(values, mask)
+    bf16_memory = memory._replace(values=memory.values.bfloat16(), keys=memory.keys.bfloat16())
+    expected = attention(query, bf16_memory._replace(values=bf16_memory.values.float(), keys=bf16_memory.keys.float()))
+    bf16_query = query.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        context, weights = attention(bf16_query, bf16_memory)
+    assert context.dtype == weights.dtype == torch.float32
+    torch.testing.assert_close(context, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(weights, expected[1], rtol=0, atol=0)
+    assert weights[1, :, 3:].eq(0).all()
+    context.sum().backward()
+    assert bf16_query.grad.dtype == torch.bfloat16 and bf16_query.grad.abs().sum() > 0
+
+
 def test_training_linear_pads_rows_to_multiples_of_64_under_bf16_autocast(monkeypatch):
     """Under CPU bf16 autocast the training products see row counts in multiples of 64 (oneDNN keeps a compiled
     kernel per shape), with the values and gradients of F.linear; without gradients (decoding) it is F.linear
