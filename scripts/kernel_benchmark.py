@@ -3,7 +3,8 @@
 The CPU paths of `modeling_rnn_attention.py` pick one kernel over another: tanh through the sigmoid, oneDNN's linear
 over the MKL behind `F.linear` (in decoding, for the fused training loops' per-step products, and for the training
 linears' forward and input gradient), an LSTM cell over `nn.LSTM` for one decoding step, rows padded to 64 floats
-for the 8,003-wide output layer. This script times each pair, so the figures quoted in the docstrings and BENCHMARKS.md can
+for the 8,003-wide output layer, the packed LSTM with its written-out backward over PyTorch's packed `nn.LSTM`,
+a dropout mask from 32-bit random words over PyTorch's Bernoulli samples. This script times each pair, so the figures quoted in the docstrings and BENCHMARKS.md can
 be checked on any machine (a choice may not pay off on another CPU). Each figure is the lower quartile of repeated
 calls, in milliseconds.
 
@@ -26,6 +27,8 @@ from hf_rnn_attention.modeling_rnn_attention import (
     _onednn_lstm_cell,
     _onednn_product,
     _tanh,
+    dropout,
+    packed_lstm,
     training_linear,
 )
 
@@ -104,6 +107,31 @@ def main() -> None:
                     "F.linear (MKL)": timed(partial(train, F.linear), calls=20),
                     "training_linear (oneDNN forward and input gradient)": timed(partial(train, training_linear), calls=20),
                 }  # fmt: skip
+
+    # dropout's mask: PyTorch's Bernoulli sample per element against 32-bit words from 64-bit draws
+    with torch.inference_mode(False):
+        x = torch.randn(1000, 512)
+        results["dropout p=0.2, (1000, 512)"] = {"F.dropout": timed(lambda: F.dropout(x, 0.2, True)),
+                                                 "dropout (modeling file)": timed(lambda: dropout(x, 0.2, True))}  # fmt: skip
+
+    # the packed LSTMs of training, forward + backward over one batch (BATCH_SIZES rows per step): PyTorch's packed
+    # nn.LSTM (one autograd record per step) against packed_lstm (PackedLSTMRecurrence's written-out backward)
+    with torch.inference_mode(False):
+        lengths = torch.tensor([sum(n > row for n in BATCH_SIZES) for row in range(64)])
+        for inputs, hidden, layers, bidirectional in [(256, 256, 2, True), (256, 512, 1, False)]:
+            lstm = torch.nn.LSTM(inputs, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+            x = torch.randn(64, len(BATCH_SIZES), inputs, requires_grad=True)
+
+            def train(function, lstm=lstm, x=x):
+                packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+                outputs, (h, c) = function(lstm, packed)
+                (outputs.data.sum() + h.sum() + c.sum()).backward()
+
+            name = f"{'bidirectional ' if bidirectional else ''}LSTM {layers} x {hidden}, input {inputs}, one batch"
+            results[f"{name}, forward + backward"] = {
+                "nn.LSTM (PyTorch's packed)": timed(partial(train, lambda lstm, packed: lstm(packed)), calls=10),
+                "packed_lstm": timed(partial(train, packed_lstm), calls=10),
+            }
 
     lstm = torch.nn.LSTM(768, 512, batch_first=True).eval()
     x, h, c = torch.randn(64, 768), torch.randn(64, 512), torch.randn(64, 512)
