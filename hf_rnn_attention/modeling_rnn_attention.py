@@ -1336,15 +1336,15 @@ class RNNAttentionCache:
         self._running = None
 
     def keep_rows(self, rows: torch.LongTensor) -> None:
-        """In place: keep only the rows `rows` (memory included), as beam search drops the sentences it has finished."""
+        """In place: keep only the rows `rows`, in that order (memory included), as beam search drops the sentences it
+        has finished; a row named twice is kept twice ([`repeat_rows`])."""
         self.memory = Memory(*(tensor.index_select(0, rows) for tensor in self.memory))
         self.reorder_cache(rows)
 
     def repeat_rows(self, copies: int) -> None:
         """In place: each row `copies` times in a row (memory included), as beam search gives a sentence K beams."""
-        rows = torch.arange(self.memory.values.shape[0], device=self.memory.values.device).repeat_interleave(copies)
-        self.memory = Memory(*(tensor.index_select(0, rows) for tensor in self.memory))
-        self.reorder_cache(rows)
+        rows = torch.arange(self.memory.values.shape[0], device=self.memory.values.device)
+        self.keep_rows(rows.repeat_interleave(copies))
 
     def __repr__(self) -> str:
         batch, source_len = self.memory.values.shape[:2]
@@ -1796,7 +1796,9 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             return_dict=True,
         )
 
-    def _decode_prompt_once_per_sentence(self, input_ids, model_kwargs, copies: int) -> tuple[torch.Tensor, object]:
+    def _decode_prompt_once_per_sentence(
+        self, input_ids, model_kwargs, copies: int
+    ) -> tuple[torch.Tensor, RNNAttentionCache]:
         """`_decode_prompt` for beam search: `(N·copies, V)` last-position logits and the cache.
 
         generate() hands beam search each sentence `copies` (K) times: the same prompt and the same encoder outputs.
@@ -1806,7 +1808,8 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         encoder_outputs, mask = model_kwargs["encoder_outputs"], model_kwargs.get("attention_mask")
         rows = input_ids.shape[0] // copies
 
-        def same_per_sentence(tensor):  # (N·K, …): each sentence's K rows equal
+        def same_per_sentence(tensor):  # (N·K, …): each sentence's K rows equal (one pass; generate() always gives
+            # copies, but encoder outputs passed in by hand might not be)
             if tensor is None:
                 return True
             grouped = tensor.reshape(rows, copies, -1)
@@ -1919,8 +1922,8 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         top_num_beam_mask = torch.arange(beams_to_keep, device=device) < num_beams  # (2K,)
         fill = (pad or eos[0]) if eos is not None else -1  # transformers' padding of finished hypotheses
         # the exact stop of `_best_hypotheses_are_final` holds when no score can grow as a hypothesis gets longer
-        best_are_final = cfg.length_penalty <= 0 and not any(
-            type(p).__name__ in self._PROCESSORS_THAT_MAY_RAISE_SCORES for p in logits_processor
+        best_are_final = cfg.length_penalty <= 0 and all(
+            type(p).__name__ in self._PROCESSORS_THAT_KEEP_SCORES_NON_POSITIVE for p in logits_processor
         )
         top_k_extra = {}  # transformers 4.57 also takes the vocabulary size
         if "vocab_size" in inspect.signature(self._get_top_k_continuations).parameters:
@@ -2016,11 +2019,15 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         sequences = done_sequences[:, :num_return].reshape(batch_size * num_return, max_length)
         return sequences[:, : prompt_len + int(lengths.max())]
 
-    # processors that can add a positive amount to a log-probability (all others only lower some to -inf or scale
-    # negative scores up in size, so a hypothesis' summed log-probability never grows as it gets longer)
-    _PROCESSORS_THAT_MAY_RAISE_SCORES = frozenset(
-        {"SequenceBiasLogitsProcessor", "ExponentialDecayLengthPenalty", "InfNanRemoveLogitsProcessor"}
-    )
+    # row-wise processors that keep log-probabilities ≤ 0 (they lower some to -inf, force one to 0, or scale negative
+    # scores), so a hypothesis' summed log-probability never grows as it gets longer. Left out: SequenceBias and
+    # ExponentialDecayLengthPenalty (they can add a positive amount), InfNanRemove (it turns +inf into a large value).
+    _PROCESSORS_THAT_KEEP_SCORES_NON_POSITIVE = frozenset({
+        "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor", "NoRepeatNGramLogitsProcessor",
+        "RepetitionPenaltyLogitsProcessor", "ForcedBOSTokenLogitsProcessor", "ForcedEOSTokenLogitsProcessor",
+        "SuppressTokensLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor", "NoBadWordsLogitsProcessor",
+        "LogitNormalization",
+    })  # fmt: skip
 
     @staticmethod
     def _best_hypotheses_are_final(finished_scores, is_sent_finished, running_scores, num_return, next_length,

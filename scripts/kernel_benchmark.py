@@ -4,8 +4,9 @@ The CPU paths of `modeling_rnn_attention.py` pick one kernel over another: tanh 
 over the MKL behind `F.linear` (in decoding, for the fused training loops' per-step products, and for the training
 linears' forward and input gradient), an LSTM cell over `nn.LSTM` for one decoding step, rows padded to 64 floats
 for the 8,003-wide output layer, the packed LSTM with its written-out backward over PyTorch's packed `nn.LSTM`,
-a dropout mask from 32-bit random words over PyTorch's Bernoulli samples. This script times each pair, so the figures quoted in the docstrings and BENCHMARKS.md can
-be checked on any machine (a choice may not pay off on another CPU). Each figure is the lower quartile of repeated
+a dropout mask from 32-bit random words over PyTorch's Bernoulli samples. This script times each pair, so the
+figures quoted in the docstrings and BENCHMARKS.md can be checked on any machine (a choice may not pay off on
+another CPU). Each figure is the lower quartile of repeated
 calls, in milliseconds.
 
     python scripts/kernel_benchmark.py [--output runs/kernel_benchmark.json]

@@ -374,8 +374,12 @@ def test_beam_search_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     reference = transformers_generate(model, input_ids, **settings)
     assert model.generate(input_ids, **settings).tolist() == reference.tolist()
     keep_rows = RNNAttentionCache.keep_rows
-    monkeypatch.setattr(RNNAttentionCache, "keep_rows",
-                        lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
+
+    def first_rows_when_dropping(self, rows):  # (repeat_rows, which gives each sentence its beams, left alone)
+        dropping = rows.shape[0] < self.state[0].shape[1]
+        return keep_rows(self, torch.arange(rows.shape[0]) if dropping else rows)
+
+    monkeypatch.setattr(RNNAttentionCache, "keep_rows", first_rows_when_dropping)
     assert model.generate(input_ids, **settings).tolist() != reference.tolist()
 
 
@@ -416,6 +420,11 @@ def test_beam_search_stops_a_sentence_once_its_best_hypotheses_cannot_be_beaten(
 
     monkeypatch.setattr(type(model), "_best_hypotheses_are_final", staticmethod(not_for_a_positive_penalty))
     model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=20, length_penalty=1.0)
+    # nor with a processor that can raise a score (a positive sequence bias), which the model's loop still runs
+    rows.clear()
+    model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=20, length_penalty=0.0,
+                   sequence_bias={(5,): 2.0})  # fmt: skip
+    assert len(set(rows)) > 1, rows  # the model's own loop (it drops finished sentences), not transformers'
 
 
 def test_beam_search_decodes_the_prompt_once_per_sentence():
