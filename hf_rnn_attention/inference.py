@@ -32,8 +32,10 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[
 def translate(
     model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_source_length: int = 256, **generate_kwargs
 ) -> list[str]:
-    """Generate for every text, in input order. Texts are sorted by length into batches (less padding),
-    then the outputs are put back in the original order."""
+    """Generate for every text, in input order, at most `batch_size` texts at a time. The texts are tokenized,
+    sorted by their number of tokens (longest first: the least padding), decoded through
+    `model.generate_continuous` (greedy: continuous batching; otherwise generate() batch by batch), and the
+    outputs are put back in the original order."""
     texts = list(texts)
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("translate() returns one output per text: num_return_sequences must be 1.")
@@ -41,18 +43,13 @@ def translate(
         raise ValueError("Pass max_new_tokens or max_length, not both.")
     if "max_new_tokens" in generate_kwargs:  # as a length (decoder start token included), like generation_config's
         generate_kwargs["max_length"] = generate_kwargs.pop("max_new_tokens") + 1
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    outputs: list[str | None] = [None] * len(texts)
-    device = next(model.parameters()).device
+    if not texts:
+        return []
+    source_ids = tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(source_ids[i]), reverse=True)
     model.eval()
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_source_length, return_tensors="pt"
-        ).to(device)
-        generated = model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
-        )
-        for row, text in zip(rows, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            outputs[row] = text.strip()
+    generated = model.generate_continuous([source_ids[i] for i in order], batch_size=batch_size, **generate_kwargs)
+    outputs: list[str | None] = [None] * len(texts)
+    for row, text in zip(order, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+        outputs[row] = text.strip()
     return outputs

@@ -5,6 +5,7 @@
 # background on an otherwise idle machine:
 #   nohup bash scripts/benchmark_peers.sh > runs/benchmark_peers.log 2>&1 &
 #   bash scripts/benchmark_peers.sh ours report      # only some steps: peers ours extras report
+#   bash scripts/benchmark_peers.sh peers_decode ours_decode report   # decoding only, of the models a full run left
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PEERS=${PEERS:-/tmp/peers} OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
@@ -43,10 +44,33 @@ decode() {  # decode NAME: greedy and beam 5 on test_2016_flickr, each a fresh p
 
 peers() { bash "$SHARED/peers/run_peers.sh" setup data ceiling joey onmt_mlp collect; }
 
+peers_decode() {  # the peers' decoding again, of the checkpoints a full run left in $PEERS, with run_peers.sh's own
+  # commands (the configs it rendered), then its collect step: a decoding comparison without the hour of training
+  local log="$PEERS/logs/sequence.log"
+  for b in 1 5; do
+    echo "[$(date -u +%FT%TZ)] start joey_b$b (decoding only)" | tee -a "$log"
+    /usr/bin/time -v -o "$PEERS/logs/joey_b$b.time" "$PEERS/venv-joey/bin/python" -m joeynmt test \
+        "$PEERS/cfg/joey_b$b.yaml" -o "$PEERS/runs/joey_bahdanau/hyp_b$b" > "$PEERS/logs/joey_b$b.log" 2>&1
+    echo "[$(date -u +%FT%TZ)] start onmt_mlp_b$b (decoding only)" | tee -a "$log"
+    /usr/bin/time -v -o "$PEERS/logs/onmt_mlp_b$b.time" env TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 \
+        "$PEERS/venv-onmt/bin/onmt_translate" -model "$PEERS/runs/onmt_mlp/model_step_454.pt" \
+        -src "$PEERS/data/test.bpe.de" -output "$PEERS/runs/onmt_mlp/hyp_b$b.txt" -beam_size $b -batch_size 64 \
+        -batch_type sents -max_length 100 -gpu -1 -report_time -seed 1 > "$PEERS/logs/onmt_mlp_b$b.log" 2>&1
+  done
+  echo "[$(date -u +%FT%TZ)] end peers_decode" | tee -a "$log"
+  bash "$SHARED/peers/run_peers.sh" collect
+}
+
 ours() {
   for preset in bahdanau luong; do
     train "$preset" --set "model.preset=$preset"
     decode "$preset"
+  done
+}
+
+ours_decode() {  # decoding again, of the models a full run left in $OUT
+  for name in bahdanau luong bahdanau_bf16 luong_bf16; do
+    if [ -d "$OUT/$name" ]; then decode "$name"; fi
   done
 }
 
@@ -76,7 +100,7 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(peers ours extras report)
 for s in "${steps[@]}"; do
   case $s in
-    peers|ours|extras|report) $s ;;
-    *) echo "unknown step $s (allowed: peers ours extras report)" >&2; exit 2 ;;
+    peers|ours|extras|report|peers_decode|ours_decode) $s ;;
+    *) echo "unknown step $s (allowed: peers ours extras report peers_decode ours_decode)" >&2; exit 2 ;;
   esac
 done

@@ -591,3 +591,86 @@ def test_a_sentence_that_predicts_padding_keeps_decoding(mode):
     padding_inside = runs[False][:, 1:-1] == model.config.pad_token_id
     assert padding_inside.any() and not padding_inside.all()
     assert runs[True].tolist() == runs[False].tolist()
+
+
+def continuous_sources(count=13, seed=3):
+    """Source sentences of 1-9 tokens in [3, 40): no pad, start or EOS inside."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 10, (count,), generator=generator).tolist()
+    return [torch.randint(3, 40, (n,), generator=generator).tolist() for n in lengths]
+
+
+def generate_one_by_one(model, sources, **settings):
+    """generate() on each sentence alone: the reference for continuous batching."""
+    rows = []
+    for ids in sources:
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        row = model.generate(torch.tensor([ids]), attention_mask=mask, **settings)[0]
+        ends = (row[1:] == model.config.eos_token_id).nonzero()
+        rows.append(row[: 2 + int(ends[0])].tolist() if ends.numel() else row.tolist())
+    return rows
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_continuous_batching_gives_each_sentence_its_generate_output(variant, rnn_type):
+    """generate_continuous decodes at most batch_size sentences at a time and admits the next ones as sentences
+    end: each sentence gets generate()'s greedy output on its own, in the input order, with fewer decoder steps
+    than batch after batch."""
+    model = tiny_model(seed=7, init_std=0.5, attention_type=variant[0], decoder_style=variant[1],
+                       input_feeding=variant[2], rnn_type=rnn_type)  # fmt: skip
+    sources = continuous_sources()
+    rows = []
+    model.model.decoder.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    admitted_late = False
+    for eos_bias in (0.0, 0.1, 0.2, 0.3, 0.4):  # sentences end at different steps at some of these
+        with torch.no_grad():
+            model.lm_head.bias[model.config.eos_token_id] = eos_bias
+        reference = generate_one_by_one(model, sources, max_new_tokens=12)
+        rows.clear()
+        ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=12)
+        assert [row.tolist() for row in ours] == reference, eos_bias
+        assert max(rows) <= 4
+        steps = len(rows)
+        rows.clear()
+        for start in range(0, len(sources), 4):  # generate() batch after batch
+            input_ids, mask = model._pad_sources(sources[start : start + 4])
+            model.generate(input_ids, attention_mask=mask, max_new_tokens=12)
+        admitted_late |= steps < len(rows)
+    assert admitted_late
+
+
+def test_continuous_batching_test_fails_when_admitted_sentences_attend_to_padding(monkeypatch):
+    """The equality above depends on the padding bias of the memory that admitting sentences pads: padding it
+    with bias 0 (weight on the zero padding) breaks it."""
+    import torch.nn.functional as F
+
+    from hf_rnn_attention import modeling_rnn_attention
+
+    model = tiny_model(seed=7, init_std=0.5, attention_type="general")
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = 0.0
+    sources = sorted(continuous_sources(), key=len)  # shortest first: admitting longer sentences pads the pool
+    reference = generate_one_by_one(model, sources, max_new_tokens=12)
+    assert [row.tolist() for row in model.generate_continuous(sources, batch_size=4, max_new_tokens=12)] == reference
+
+    def pad_with_bias_zero(memory, source_len):
+        extra = source_len - memory.values.shape[1]
+        values, keys = (F.pad(tensor, (0, 0, 0, extra)) for tensor in memory[:2])
+        return modeling_rnn_attention.Memory(values, keys, F.pad(memory.mask_bias, (0, extra), value=0.0))
+
+    monkeypatch.setattr(modeling_rnn_attention, "_pad_source", pad_with_bias_zero)
+    assert [row.tolist() for row in model.generate_continuous(sources, batch_size=4, max_new_tokens=12)] != reference
+
+
+def test_continuous_batching_hands_what_it_does_not_do_to_generate():
+    """Beam search and logits processors go to generate() batch by batch; bad arguments get clear errors."""
+    model = beam_model()
+    sources = continuous_sources(count=6)
+    for settings in (dict(num_beams=3), dict(no_repeat_ngram_size=2), dict(repetition_penalty=1.3)):
+        ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, **settings)
+        assert [row.tolist() for row in ours] == generate_one_by_one(model, sources, max_new_tokens=10, **settings)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.generate_continuous(sources, batch_size=0)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        model.generate_continuous(sources, num_beams=3, num_return_sequences=2)
