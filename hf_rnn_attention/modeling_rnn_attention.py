@@ -535,6 +535,63 @@ def packed_lstm(lstm: nn.LSTM, packed: PackedSequence, state: tuple[torch.Tensor
     return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), final
 
 
+def runs_padded(lstm: nn.Module, x: torch.Tensor) -> bool:
+    """Whether [`padded_lstm`] encodes `x`: inference (no gradients) of an LSTM in float32 on the CPU, through oneDNN."""
+    return (
+        isinstance(lstm, nn.LSTM)
+        and not lstm.training
+        and not torch.is_grad_enabled()
+        and lstm.bias
+        and lstm.proj_size == 0
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.enabled
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def padded_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor):
+    """`lstm` over right-padded `x` `(B, S, X)` with each row's padding skipped, as over a packed sequence: the
+    outputs `(B, S, D·H)` (0 at padding) and the final `(h, c)`, each `(layers · directions, B, H)`.
+
+    On the CPU PyTorch runs a packed LSTM one time step at a time through MKL, but an unpacked one through
+    oneDNN's LSTM, which takes the whole sequence in one call and ran the peers' encoder 1.3-1.6x faster (test_2016
+    in 16 batches of 64 sorted by length, 2 cores: 0.85-1.07 s packed, 0.63-0.65 s this way). Padding must then
+    leave the states alone: each layer gets one more input, 1 at padding and 0 at tokens, whose weights add -big
+    to the input gate and +big to the forget gate, with big above anything the other terms can reach; σ then
+    gives exactly 0 and 1 at padding (in float32), so c_t = c_{t-1}. The forward direction ends each row with the
+    c of its last token (its h is read from the outputs there), and the reverse direction, which starts at the
+    end of the padding, reaches a row's last token with the zero state it would start from. Inference only."""
+    batch, total = x.shape[:2]
+    directions, size = (2 if lstm.bidirectional else 1), lstm.hidden_size
+    padding = (torch.arange(total, device=x.device)[None, :] >= lengths[:, None]).to(x.dtype)  # (B, S) 1 at padding
+    last = (lengths - 1).clamp(min=0).view(batch, 1, 1).expand(batch, 1, size)  # each row's last token
+    zeros = x.new_zeros(directions, batch, size)
+    final_h, final_c = [], []
+    for layer in range(lstm.num_layers):
+        reach_x = x.abs().amax()  # |input| ≤ reach_x; |h| ≤ 1
+        weights = []
+        for suffix in [f"_l{layer}", f"_l{layer}_reverse"][:directions]:
+            w_ih, w_hh, b_ih, b_hh = (
+                getattr(lstm, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            reach = (w_ih.abs().sum(1) * reach_x + w_hh.abs().sum(1) + (b_ih + b_hh).abs()).amax()  # |pre-activation|
+            big = reach + 200.0  # σ(-big + anything reachable) == 0 and σ(big + …) == 1 in float32
+            column = torch.zeros(4 * size, 1, dtype=w_ih.dtype, device=w_ih.device)  # gates i, f, g, o
+            column[:size], column[size : 2 * size] = -big, big
+            weights += [torch.cat([w_ih, column], dim=1), w_hh, b_ih, b_hh]
+        inputs = torch.cat([x, padding.unsqueeze(-1)], dim=-1)  # (B, S, X + 1)
+        x, h, c = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0, False, lstm.bidirectional, True)
+        h = h.clone()
+        h[0] = x[..., :size].gather(1, last).squeeze(1)  # forward direction: h at each row's last token
+        final_h.append(h)
+        final_c.append(c)
+        # between layers: inference, so no dropout; the padding's outputs feed nothing (its gates are saturated)
+    outputs = x * (1 - padding).unsqueeze(-1)  # (B, S, D·H), 0 at padding
+    return outputs, (torch.cat(final_h), torch.cat(final_c))
+
+
 FUSED_LSTM_MIN_SIZE = 256  # hidden size from which packed_lstm trains faster than PyTorch's packed LSTM (CPU)
 
 
@@ -675,9 +732,12 @@ class RNNAttentionEncoder(nn.Module):
         lengths = mask.sum(dim=1).clamp(min=1)  # (B,); an empty source reads one pad token and stays finite
 
         embedded = self.dropout(self.embed_tokens(input_ids))  # (B, S, E)
-        packed, positions = pack(embedded, lengths)
-        packed_outputs, final = run_packed(self.rnn, packed)  # final: (layers · directions, B, H_enc)
-        outputs = unpack(packed_outputs.data, positions, batch_size, source_len)  # (B, S, M)
+        if runs_padded(self.rnn, embedded):  # inference on the CPU: oneDNN's LSTM over the padded batch
+            outputs, final = padded_lstm(self.rnn, embedded, lengths)  # (B, S, M); (layers · directions, B, H_enc)
+        else:
+            packed, positions = pack(embedded, lengths)
+            packed_outputs, final = run_packed(self.rnn, packed)  # final: (layers · directions, B, H_enc)
+            outputs = unpack(packed_outputs.data, positions, batch_size, source_len)  # (B, S, M)
 
         directions = 2 if self.config.bidirectional else 1
 

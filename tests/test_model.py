@@ -203,6 +203,50 @@ def test_packed_lstm_equals_torch_lstm(bidirectional, with_state, dtype):
         torch.testing.assert_close(ours, theirs, **tolerance)
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_padded_lstm_equals_the_packed_lstm(bidirectional, layers):
+    """Inference over the padded batch (oneDNN's LSTM, padding held by saturated gates) gives the packed LSTM's
+    outputs (0 at padding) and final states, rows of every length, with trained-size weights and inputs; the
+    encoder takes that path in eval mode without gradients."""
+    from hf_rnn_attention.modeling_rnn_attention import pack, padded_lstm, runs_padded, unpack
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 6, num_layers=layers, bidirectional=bidirectional, batch_first=True).eval()
+    with torch.no_grad():
+        for weight in lstm.parameters():
+            weight.mul_(8)  # pre-activations well beyond the gates' saturation
+    lengths = torch.tensor([3, 7, 1, 7, 4, 2])
+    inputs = torch.randn(6, 7, 5) * 3
+    with torch.no_grad():
+        assert runs_padded(lstm, inputs) == torch.backends.mkldnn.is_available()
+        outputs, (h, c) = padded_lstm(lstm, inputs, lengths)
+        packed, positions = pack(inputs, lengths)
+        reference_packed, (reference_h, reference_c) = lstm(packed)
+    reference = unpack(reference_packed.data, positions, 6, 7)
+    torch.testing.assert_close(outputs, reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h, reference_h, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c, reference_c, atol=1e-5, rtol=1e-4)
+    assert not runs_padded(lstm, inputs.requires_grad_())  # gradients: the packed path
+    assert not runs_padded(lstm.train(), inputs.detach())
+
+
+def test_padded_lstm_test_fails_without_the_padding_input():
+    """Without the saturated gates the padding runs through the recurrence: the final forward states and the
+    reverse direction's outputs then differ from the packed LSTM's."""
+    from hf_rnn_attention.modeling_rnn_attention import padded_lstm
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    lengths = torch.tensor([3, 7, 1])
+    inputs = torch.randn(3, 7, 5)
+    with torch.no_grad():
+        ours = padded_lstm(lstm, inputs, lengths)
+        unguarded = padded_lstm(lstm, inputs, lengths.new_full((3,), 7))  # every position read as a token
+    assert not torch.allclose(ours[1][1], unguarded[1][1], atol=1e-3)
+    assert not torch.allclose(ours[0][0, :3], unguarded[0][0, :3], atol=1e-3)
+
+
 @pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 def test_training_output_layer_equals_linear(bias, onednn, monkeypatch):
