@@ -13,6 +13,7 @@ OpenNMT-py. `scripts/benchmark_peers.sh` runs the whole sequence; this file hold
 import argparse
 import json
 import re
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,6 +78,11 @@ def decode(args) -> None:
     result["sorted"] = {"seconds": round(seconds, 2), "sent_s": round(len(sources) / seconds, 1),
                         "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)}  # fmt: skip
     Path(args.model_dir, f"test_b{args.num_beams}.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+    if args.translate_only:
+        print(json.dumps(result))
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2))
+        return
 
     batches = [tokenizer(sources[i : i + args.batch_size], padding=True, return_tensors="pt")
                for i in range(0, len(sources), args.batch_size)]  # fmt: skip
@@ -193,6 +199,46 @@ def report(args) -> None:
     (runs / "report.json").write_text(json.dumps({"peers": peers, "ours": ours}, indent=2))
 
 
+def rounds(args) -> None:
+    """The decoding rounds of `benchmark_peers.sh decode_rounds` (each round: Joey NMT, OpenNMT-py, then ours, on
+    the same checkpoints, one after the other): sentences/s of each system in each round, each round's ratios, and
+    their median over the rounds. Alternating rounds spread the machine's drift over every system."""
+    folder = Path(args.folder)
+    peer_patterns = {"joey": r"Generation took ([\d.]+)\[sec\]", "onmt": r"Total translation time \(s\): ([\d.]+)"}
+    table, ratios = [], {}
+    for round_dir in sorted(folder.glob("round_*"), key=lambda p: int(p.name.split("_")[1])):
+        row = {}
+        for beams in (1, 5):
+            for peer, pattern in peer_patterns.items():
+                log = round_dir / f"{peer}_b{beams}.log"
+                match = re.search(pattern, log.read_text(encoding="utf-8")) if log.exists() else None
+                row[f"{peer}_b{beams}"] = round(1000 / float(match.group(1)), 1) if match else None
+            for result in sorted(round_dir.glob(f"*_b{beams}.json")):
+                row[result.stem] = json.loads(result.read_text())["sorted"]["sent_s"]
+        table.append((round_dir.name, row))
+        for name, value in row.items():
+            peer_key = f"_b{name.rsplit('_b', 1)[1]}"
+            if name.startswith(("joey", "onmt")) or value is None:
+                continue
+            for peer in peer_patterns:
+                reference = row.get(peer + peer_key)
+                if reference:
+                    ratios.setdefault(f"{name} / {peer}", []).append(value / reference)
+    names = sorted({name for _, row in table for name in row})
+    lines = ["| round | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(str(row.get(n, "–")) for n in names) + " |" for label, row in table]
+    lines += [
+        "",
+        "| ratio | " + " | ".join(label for label, _ in table) + " | median |",
+        "|---" * (len(table) + 2) + "|",
+    ]
+    for key, values in sorted(ratios.items()):
+        median = statistics.median(values)
+        lines.append(f"| {key} | " + " | ".join(f"{v:.2f}×" for v in values) + f" | **{median:.2f}×** |")
+    print("\n".join(lines))
+    (folder / "rounds.json").write_text(json.dumps({"rounds": dict(table), "ratios": ratios}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,11 +257,14 @@ def main() -> None:
         default=4,
         help="greedy: passes of generate() and of the hand-written loop, alternating (best of each)",
     )
+    d.add_argument("--translate-only", action="store_true", help="time the translate path alone (decoding rounds)")
     r = commands.add_parser("report")
     r.add_argument("--peers", default="/tmp/peers")
     r.add_argument("--runs", default="runs/benchmark_peers")
+    n = commands.add_parser("rounds", help="summarise `benchmark_peers.sh decode_rounds`: each round's ratios, median")
+    n.add_argument("folder")
     args = parser.parse_args()
-    decode(args) if args.command == "decode" else report(args)
+    {"decode": decode, "report": report, "rounds": rounds}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #   nohup bash scripts/benchmark_peers.sh > runs/benchmark_peers.log 2>&1 &
 #   bash scripts/benchmark_peers.sh ours report      # only some steps: peers ours extras report
 #   bash scripts/benchmark_peers.sh peers_decode ours_decode report   # decoding only, of the models a full run left
+#   ROUNDS=3 bash scripts/benchmark_peers.sh decode_rounds   # decoding only, alternating peers and ours, ROUNDS times
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PEERS=${PEERS:-/tmp/peers} OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
@@ -74,6 +75,30 @@ ours_decode() {  # decoding again, of the models a full run left in $OUT
   done
 }
 
+decode_rounds() {  # ROUNDS rounds (default 3), each: the peers' decoding, then ours (the translate path), of the
+  # checkpoints a full run left; logs and results in $OUT/decode_rounds/round_N, summary in its rounds.md
+  local folder="$OUT/decode_rounds"
+  for r in $(seq 1 "${ROUNDS:-3}"); do
+    local dir="$folder/round_$r"
+    mkdir -p "$dir"
+    for b in 1 5; do
+      echo "[$(date -u +%FT%TZ)] round $r: joey, onmt_mlp, ours, beam $b" | tee -a "$OUT/logs/sequence.log"
+      "$PEERS/venv-joey/bin/python" -m joeynmt test "$PEERS/cfg/joey_b$b.yaml" -o "$dir/joey_hyp_b$b" \
+          > "$dir/joey_b$b.log" 2>&1
+      TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "$PEERS/venv-onmt/bin/onmt_translate" \
+          -model "$PEERS/runs/onmt_mlp/model_step_454.pt" -src "$PEERS/data/test.bpe.de" \
+          -output "$dir/onmt_hyp_b$b.txt" -beam_size $b -batch_size 64 -batch_type sents -max_length 100 -gpu -1 \
+          -report_time -seed 1 > "$dir/onmt_b$b.log" 2>&1
+      for name in bahdanau luong; do
+        "$BIN/python" scripts/benchmark_peers.py decode "$OUT/$name" --num-beams "$b" --translate-only \
+            --source "$PEERS/data/test.raw.de" --reference "$PEERS/data/test.raw.en" \
+            --output "$dir/${name}_b$b.json" > "$dir/${name}_b$b.log" 2>&1
+      done
+    done
+  done
+  "$BIN/python" scripts/benchmark_peers.py rounds "$folder" | tee "$folder/rounds.md"
+}
+
 bf16_faster() {  # whether run_peers.sh's measured bf16 matmul ceiling beats fp32 on this CPU (the flag alone does not
   # tell: an Intel Xeon with avx512_bf16 ran bf16 matmuls at 0.6x fp32, an AMD EPYC at 2.6x)
   "$BIN/python" -c "import json, sys; c = json.load(open('$PEERS/results.json'))['ceiling']
@@ -100,7 +125,7 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(peers ours extras report)
 for s in "${steps[@]}"; do
   case $s in
-    peers|ours|extras|report|peers_decode|ours_decode) $s ;;
-    *) echo "unknown step $s (allowed: peers ours extras report peers_decode ours_decode)" >&2; exit 2 ;;
+    peers|ours|extras|report|peers_decode|ours_decode|decode_rounds) $s ;;
+    *) echo "unknown step $s (allowed: peers ours extras report peers_decode ours_decode decode_rounds)" >&2; exit 2 ;;
   esac
 done
