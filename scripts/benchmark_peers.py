@@ -223,18 +223,19 @@ def rounds(args) -> None:
             for peer in peer_patterns:
                 reference = row.get(peer + peer_key)
                 if reference:
-                    ratios.setdefault(f"{name} / {peer}", []).append(value / reference)
+                    ratios.setdefault(f"{name} / {peer}", {})[round_dir.name] = value / reference
     names = sorted({name for _, row in table for name in row})
     lines = ["| round | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(str(row.get(n, "–")) for n in names) + " |" for label, row in table]
+    lines += [f"| {label} | " + " | ".join(str(row.get(n) or "–") for n in names) + " |" for label, row in table]
     lines += [
         "",
         "| ratio | " + " | ".join(label for label, _ in table) + " | median |",
         "|---" * (len(table) + 2) + "|",
     ]
     for key, values in sorted(ratios.items()):
-        median = statistics.median(values)
-        lines.append(f"| {key} | " + " | ".join(f"{v:.2f}×" for v in values) + f" | **{median:.2f}×** |")
+        median = statistics.median(values.values())
+        cells = [f"{values[label]:.2f}×" if label in values else "–" for label, _ in table]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | **{median:.2f}×** |")
     print("\n".join(lines))
     (folder / "rounds.json").write_text(json.dumps({"rounds": dict(table), "ratios": ratios}, indent=2))
 
