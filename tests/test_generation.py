@@ -373,13 +373,12 @@ def test_beam_search_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     settings = dict(attention_mask=mask, num_beams=4, max_new_tokens=20)
     reference = transformers_generate(model, input_ids, **settings)
     assert model.generate(input_ids, **settings).tolist() == reference.tolist()
-    keep_rows = RNNAttentionCache.keep_rows
+    keep_sentences = RNNAttentionCache.keep_sentences
 
-    def first_rows_when_dropping(self, rows):  # (repeat_rows, which gives each sentence its beams, left alone)
-        dropping = rows.shape[0] < self.state[0].shape[1]
-        return keep_rows(self, torch.arange(rows.shape[0]) if dropping else rows)
+    def first_sentences(self, sentences, beams):
+        return keep_sentences(self, torch.arange(sentences.shape[0]), beams)
 
-    monkeypatch.setattr(RNNAttentionCache, "keep_rows", first_rows_when_dropping)
+    monkeypatch.setattr(RNNAttentionCache, "keep_sentences", first_sentences)
     assert model.generate(input_ids, **settings).tolist() != reference.tolist()
 
 
@@ -429,8 +428,8 @@ def test_beam_search_stops_a_sentence_once_its_best_hypotheses_cannot_be_beaten(
 
 def test_beam_search_decodes_the_prompt_once_per_sentence():
     """generate() gives beam search each sentence K times; the keys and the first step are computed once per
-    sentence and copied to its beams (the same logits and state as computing every row), and for every row when
-    the K copies differ."""
+    sentence and the state copied to its beams, which share the sentence's memory (the same logits, state and next
+    step as computing every row), and for every row when the K copies differ."""
     model = beam_model()
     input_ids, mask = beam_batch()
     rows = []
@@ -452,12 +451,23 @@ def test_beam_search_decodes_the_prompt_once_per_sentence():
         every_row = model._decode_prompt(prompt, expanded)
         logits, cache = model._decode_prompt_once_per_sentence(prompt, expanded, copies)
         torch.testing.assert_close(logits, every_row.logits[:, -1], rtol=1e-6, atol=1e-6)
+        assert cache.memory_groups == copies  # one memory row per sentence, shared by its beams
         for ours, reference in zip(
-            (*cache.memory, *cache.state),
+            (*(tensor.repeat_interleave(copies, dim=0) for tensor in cache.memory), *cache.state),
             (*every_row[CACHE_FIELD].memory, *every_row[CACHE_FIELD].state),
             strict=True,
         ):
             torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+        # a step with the shared memory gives what a step with the memory repeated for every beam gives
+        tokens = torch.randint(3, 40, (8 * copies, 1))
+        shared = model.model.decoder(tokens, cache.memory, cache.state, cache.input_feed)
+        repeated = model.model.decoder(tokens, every_row[CACHE_FIELD].memory, cache.state, cache.input_feed)
+        for ours, reference in zip(shared, repeated, strict=True):
+            if isinstance(ours, tuple):
+                for a, b in zip(ours, reference, strict=True):
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            elif ours is not None:
+                torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
         rows.clear()
         expanded["attention_mask"][1, -1] = 0  # one copy differs: every row is decoded
         logits, _ = model._decode_prompt_once_per_sentence(prompt, expanded, copies)
