@@ -536,9 +536,11 @@ def packed_lstm(lstm: nn.LSTM, packed: PackedSequence, state: tuple[torch.Tensor
 
 
 def runs_padded(lstm: nn.Module, x: torch.Tensor) -> bool:
-    """Whether [`padded_lstm`] encodes `x`: inference (no gradients) of an LSTM in float32 on the CPU, through oneDNN."""
+    """Whether [`padded_lstm`] encodes `x`: inference (no gradients) of a batch-first LSTM in float32 on the CPU,
+    through oneDNN."""
     return (
         isinstance(lstm, nn.LSTM)
+        and lstm.batch_first
         and not lstm.training
         and not torch.is_grad_enabled()
         and lstm.bias
@@ -1425,7 +1427,7 @@ class RNNAttentionCache:
 
     def keep_rows(self, rows: torch.LongTensor) -> None:
         """In place: keep only the rows `rows`, in that order (memory included), as the greedy loop drops the
-        sentences it has finished; a row named twice is kept twice ([`repeat_rows`])."""
+        sentences it has finished."""
         if self.memory_groups != 1:
             raise ValueError("keep_rows() needs one memory row per state row; use keep_sentences() for beams.")
         self.memory = Memory(*(tensor.index_select(0, rows) for tensor in self.memory))
@@ -1439,11 +1441,6 @@ class RNNAttentionCache:
         memory_rows = sentences if self.memory_groups == beams else rows
         self.memory = Memory(*(tensor.index_select(0, memory_rows) for tensor in self.memory))
         self.reorder_cache(rows)
-
-    def repeat_rows(self, copies: int) -> None:
-        """In place: each row `copies` times in a row (memory included)."""
-        rows = torch.arange(self.memory.values.shape[0], device=self.memory.values.device)
-        self.keep_rows(rows.repeat_interleave(copies))
 
     def repeat_state(self, copies: int) -> None:
         """In place: each row's state and input feed `copies` times in a row, as beam search gives a sentence K
@@ -2110,10 +2107,6 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         for start in range(0, len(source_ids), batch_size):
             input_ids, mask = self._pad_sources(source_ids[start : start + batch_size])
             generated = self.generate(input_ids=input_ids, attention_mask=mask, **generate_kwargs)
-            if generated.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    "generate_continuous() returns one sequence per sentence: num_return_sequences must be 1."
-                )
             outputs.extend(self._up_to_eos(row, eos) for row in generated)
         return outputs
 
