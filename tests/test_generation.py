@@ -675,11 +675,14 @@ def test_continuous_batching_test_fails_when_admitted_sentences_attend_to_paddin
 
 def test_continuous_batching_hands_what_it_does_not_do_to_generate():
     """Beam search and logits processors go to generate() batch by batch; bad arguments get clear errors."""
-    model = beam_model()
+    model = greedy_model()  # sentences of several lengths, which each setting below changes
     sources = continuous_sources(count=6)
+    greedy = generate_one_by_one(model, sources, max_new_tokens=10)
     for settings in (dict(num_beams=3), dict(no_repeat_ngram_size=2), dict(repetition_penalty=1.3)):
         ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, **settings)
-        assert [row.tolist() for row in ours] == generate_one_by_one(model, sources, max_new_tokens=10, **settings)
+        reference = generate_one_by_one(model, sources, max_new_tokens=10, **settings)
+        assert reference != greedy, settings  # the setting changes the output: plain greedy decoding would fail
+        assert [row.tolist() for row in ours] == reference
     with pytest.raises(ValueError, match="batch_size"):
         model.generate_continuous(sources, batch_size=0)
     with pytest.raises(ValueError, match="num_return_sequences"):

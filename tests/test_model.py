@@ -231,6 +231,26 @@ def test_padded_lstm_equals_the_packed_lstm(bidirectional, layers):
     assert not runs_padded(lstm.train(), inputs.detach())
 
 
+def test_encoder_in_inference_equals_the_packed_encoder(monkeypatch):
+    """The encoder takes the padded path in eval mode without gradients, and gives what the packed path gives,
+    an empty source (which reads one pad token) included."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    model = tiny_model(seed=3, encoder_layers=2)
+    input_ids, mask = random_batch(batch=4, source_len=7, lengths=[7, 3, 5, 1], seed=2)
+    mask[3] = 0  # an empty source
+    calls = []
+    padded = modeling_rnn_attention.padded_lstm
+    monkeypatch.setattr(modeling_rnn_attention, "padded_lstm", lambda *a: calls.append(1) or padded(*a))
+    with torch.no_grad():
+        ours = model.model.encoder(input_ids, mask)
+        assert calls == ([1] if torch.backends.mkldnn.is_available() else [])
+        monkeypatch.setattr(modeling_rnn_attention, "runs_padded", lambda *a: False)
+        reference = model.model.encoder(input_ids, mask)
+    for field in ("last_hidden_state", "final_hidden_state", "final_cell_state"):
+        torch.testing.assert_close(getattr(ours, field), getattr(reference, field), atol=1e-5, rtol=1e-4)
+
+
 def test_padded_lstm_test_fails_without_the_padding_input():
     """Without the saturated gates the padding runs through the recurrence: the final forward states and the
     reverse direction's outputs then differ from the packed LSTM's."""
