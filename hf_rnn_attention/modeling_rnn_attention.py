@@ -2063,8 +2063,9 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive number of sentences, got {batch_size}.")
-        config = copy.deepcopy(self.generation_config)
-        unused = config.update(**generate_kwargs)
+        given_config = generate_kwargs.get("generation_config")  # as generate(): the base the kwargs update
+        config = copy.deepcopy(given_config if given_config is not None else self.generation_config)
+        unused = config.update(**{key: value for key, value in generate_kwargs.items() if key != "generation_config"})
         if config.num_return_sequences not in (None, 1):
             raise ValueError("generate_continuous() returns one sequence per sentence: num_return_sequences must be 1.")
         max_new = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 0) - 1

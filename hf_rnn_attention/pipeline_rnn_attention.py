@@ -32,6 +32,10 @@ class RNNAttentionText2TextPipeline(Pipeline):
     `[{"summary_text": …}]` for summarization, else `[{"generated_text": …}]`. With `return_attention=True`
     each result also holds `source_tokens`, `target_tokens` and `attention` (target × source weights, the
     path of the returned hypothesis for beam search), ready for `plot_attention`.
+
+    A list of strings is decoded like the translate command: sorted by length and, for greedy decoding, with
+    continuous batching (`model.generate_continuous`, at most `batch_size` texts at a time); the results come
+    back in input order and equal the usual path's.
     """
 
     _pipeline_calls_generate = True
@@ -41,11 +45,67 @@ class RNNAttentionText2TextPipeline(Pipeline):
     _load_tokenizer = True
 
     def __call__(self, inputs, **kwargs):
+        if self._decodes_continuously(inputs, kwargs):
+            return self._call_continuous(inputs, **kwargs)
         result = super().__call__(inputs, **kwargs)
         # like transformers' classic text2text pipelines: one result per input in a flat list
         if isinstance(inputs, list) and all(isinstance(r, list) and len(r) == 1 for r in result):
             return [r[0] for r in result]
         return result
+
+    def _call_params(self, kwargs: dict) -> tuple[dict, dict, dict]:
+        """The preprocess, forward and postprocess parameters of a call: those of `__init__` and of the call."""
+        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
+        return ({**self._preprocess_params, **preprocess}, {**self._forward_params, **forward},
+                {**self._postprocess_params, **postprocess})  # fmt: skip
+
+    def _decodes_continuously(self, inputs, kwargs: dict) -> bool:
+        """A list of strings goes through `model.generate_continuous` (sorted by length, continuous batching for
+        greedy decoding), unless it asks for what that method does not return: attention weights, several
+        sequences per input. Other inputs (one string, datasets, generators) take the usual pipeline path. (An
+        empty list gives an empty list, where transformers' own path fails on it.)"""
+        if not (isinstance(inputs, list) and all(isinstance(text, str) for text in inputs)):
+            return False
+        if not hasattr(self.model, "generate_continuous"):
+            return False
+        _, forward, _ = self._call_params({k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")})
+        if forward.pop("return_attention", False):
+            return False
+        generate_kwargs = self._generate_kwargs_of_call(forward)
+        settings = self.model.generation_config.to_dict()
+        if generate_kwargs.get("generation_config") is not None:
+            settings.update(generate_kwargs["generation_config"].to_diff_dict())
+        settings.update(generate_kwargs)
+        return settings.get("num_return_sequences") in (None, 1)
+
+    def _generate_kwargs_of_call(self, generate_kwargs: dict) -> dict:
+        """generate()'s kwargs for a call: the call's on top of those passed to `pipeline(...)`."""
+        if hasattr(self, "_prepare_generate_kwargs"):  # transformers 5.x
+            return self._prepare_generate_kwargs(generate_kwargs)
+        # transformers 4.x keeps the generate() kwargs passed to `pipeline(...)` in `self.generation_config`
+        if "generation_config" not in generate_kwargs and getattr(self, "generation_config", None) is not None:
+            return {**generate_kwargs, "generation_config": self.generation_config}
+        return generate_kwargs
+
+    def _call_continuous(self, texts: list[str], batch_size=None, num_workers=None, **kwargs) -> list[dict]:
+        """All texts tokenized at once, sorted by their number of tokens (longest first: the least padding),
+        decoded `batch_size` at a time by `model.generate_continuous`, and the results put back in input order.
+        Each text gets what the pipeline's own path gives it (greedy: generate()'s tokens on that text alone)."""
+        if not texts:
+            return []
+        batch_size = batch_size if batch_size is not None else (self._batch_size or 1)
+        preprocess, generate_kwargs, postprocess = self._call_params(kwargs)
+        generate_kwargs = self._generate_kwargs_of_call(generate_kwargs)
+        max_source_length = preprocess.get("max_source_length")
+        source_ids = self.tokenizer(texts, truncation=max_source_length is not None, max_length=max_source_length,
+                                    return_token_type_ids=False)["input_ids"]  # fmt: skip
+        order = sorted(range(len(texts)), key=lambda i: len(source_ids[i]), reverse=True)
+        generated = self.model.generate_continuous([source_ids[i] for i in order], batch_size=batch_size,
+                                                   **generate_kwargs)  # fmt: skip
+        results: list[dict | None] = [None] * len(texts)
+        for index, sequence in zip(order, generated, strict=True):
+            (results[index],) = self.postprocess({"sequences": sequence[None, None]}, **postprocess)
+        return results
 
     def _sanitize_parameters(self, return_attention=None, max_source_length=None, **generate_kwargs):
         preprocess, forward, postprocess = {}, dict(generate_kwargs), {}
@@ -65,8 +125,7 @@ class RNNAttentionText2TextPipeline(Pipeline):
         )
 
     def _forward(self, model_inputs, return_attention=False, **generate_kwargs):
-        if hasattr(self, "_prepare_generate_kwargs"):  # transformers 5.x; 4.x passes the kwargs as they are
-            generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        generate_kwargs = self._generate_kwargs_of_call(generate_kwargs)
         if return_attention:
             generate_kwargs.update(return_dict_in_generate=True, output_attentions=True, output_scores=True)
         input_ids = model_inputs["input_ids"]

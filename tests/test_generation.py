@@ -1,5 +1,6 @@
 """generate(): cached decoding equals full recomputation for every decoding mode, and the options work."""
 
+import copy
 import itertools
 
 import pytest
@@ -683,6 +684,14 @@ def test_continuous_batching_hands_what_it_does_not_do_to_generate():
         reference = generate_one_by_one(model, sources, max_new_tokens=10, **settings)
         assert reference != greedy, settings  # the setting changes the output: plain greedy decoding would fail
         assert [row.tolist() for row in ours] == reference
+    # a generation_config is the base that the other kwargs update, as in generate()
+    config = copy.deepcopy(model.generation_config)
+    config.num_beams = 3
+    ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, generation_config=config)
+    assert [row.tolist() for row in ours] == generate_one_by_one(model, sources, max_new_tokens=10, num_beams=3)
+    config.num_beams = 1
+    ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, generation_config=config)
+    assert [row.tolist() for row in ours] == greedy
     with pytest.raises(ValueError, match="batch_size"):
         model.generate_continuous(sources, batch_size=0)
     with pytest.raises(ValueError, match="num_return_sequences"):

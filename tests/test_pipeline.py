@@ -54,6 +54,56 @@ def test_pipeline_outputs_equal_generate_single_and_batched(model_and_tokenizer)
     assert len(several) == 2 and several[0]["generated_text"] == expected[0]
 
 
+def spy_on_continuous(model, monkeypatch):
+    """Records the batch_size of each generate_continuous call."""
+    calls, original = [], model.generate_continuous
+
+    def spy(source_ids, batch_size=64, **kwargs):
+        calls.append(batch_size)
+        return original(source_ids, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(model, "generate_continuous", spy)
+    return calls
+
+
+MORE_TEXTS = [*TEXTS, "the dog", "a small red house under the big blue tree on the mat", "cat", "the garden"]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_list_is_decoded_sorted_and_continuously_with_each_text_its_own_output(model_and_tokenizer, monkeypatch,
+                                                                                 num_beams):  # fmt: skip
+    """A list of strings goes through generate_continuous (sorted by length; continuous batching when greedy) and
+    each text gets generate()'s output on that text alone, in input order; max_source_length still truncates."""
+    model, tokenizer = model_and_tokenizer
+    pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer)
+    calls = spy_on_continuous(model, monkeypatch)
+    expected = [reference(model, tokenizer, [text], num_beams=num_beams)[0] for text in MORE_TEXTS]
+    assert len(set(expected)) > 1
+    results = pipe(MORE_TEXTS, num_beams=num_beams, max_new_tokens=10, batch_size=3)
+    assert results == [{"generated_text": text} for text in expected] and calls == [3]
+    assert pipe(MORE_TEXTS, num_beams=num_beams, max_new_tokens=10) == results and calls == [3, 1]  # default 1
+    truncated = [tokenizer.decode(tokenizer(text, truncation=True, max_length=3)["input_ids"], skip_special_tokens=True)
+                 for text in MORE_TEXTS]  # fmt: skip
+    expected = [reference(model, tokenizer, [text], num_beams=num_beams)[0] for text in truncated]
+    results = pipe(MORE_TEXTS, num_beams=num_beams, max_new_tokens=10, batch_size=4, max_source_length=3)
+    assert results == [{"generated_text": text} for text in expected] and calls == [3, 1, 4]
+
+
+def test_a_list_asking_for_attention_or_several_sequences_takes_the_usual_path(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer)
+    calls = spy_on_continuous(model, monkeypatch)
+    with_attention = pipe(TEXTS, return_attention=True, max_new_tokens=10, batch_size=2)
+    assert [r["generated_text"] for r in with_attention] == [reference(model, tokenizer, [t])[0] for t in TEXTS]
+    several = pipe(TEXTS, num_beams=4, num_return_sequences=2, max_new_tokens=10, batch_size=2)
+    assert [len(r) for r in several] == [2, 2, 2]
+    several_at_init = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer, num_beams=4,
+                               num_return_sequences=2)  # fmt: skip
+    assert [len(r) for r in several_at_init(TEXTS, max_new_tokens=10, batch_size=2)] == [2, 2, 2]
+    assert pipe([], max_new_tokens=10) == []
+    assert calls == []
+
+
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_returned_attention_is_the_teacher_forced_attention_of_the_output(model_and_tokenizer, num_beams):
     """The attention of the returned hypothesis (traced through beam_indices for beam search) equals the
