@@ -3,7 +3,8 @@ OpenNMT-py. `scripts/benchmark_peers.sh` runs the whole sequence; this file hold
 
     python scripts/benchmark_peers.py decode MODEL_DIR --source test.raw.de --reference test.raw.en --num-beams 5
         Decode like the peers (batch 64, at most 100 new tokens, no length penalty) and time only generation:
-        `translate` (the translate command's path: sorted by length, then generate()), generate() on batches
+        `translate` (the translate command's path: sorted by length, then generate()), the pipeline on the same
+        list, generate() on batches
         in corpus order, and for greedy a minimal hand-written loop over the same model (generate()'s overhead,
         also timed alternating with generate(), best of `--overhead-repeats` passes each).
     python scripts/benchmark_peers.py report --peers /tmp/peers --runs runs/benchmark_peers
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import sacrebleu
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, pipeline
 
 from hf_rnn_attention import RNNAttentionForConditionalGeneration
 from hf_rnn_attention.inference import translate
@@ -83,6 +84,12 @@ def decode(args) -> None:
         if args.output:
             Path(args.output).write_text(json.dumps(result, indent=2))
         return
+
+    # the pipeline on the same list (what a transformers user calls): its list path is the translate command's
+    pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer)
+    outputs, seconds = timed(lambda: pipe(sources, batch_size=args.batch_size, **settings))
+    result["pipeline"] = {"seconds": round(seconds, 2), "sent_s": round(len(sources) / seconds, 1),
+                          "same_as_translate": [o["generated_text"] for o in outputs] == hypotheses}  # fmt: skip
 
     batches = [tokenizer(sources[i : i + args.batch_size], padding=True, return_tensors="pt")
                for i in range(0, len(sources), args.batch_size)]  # fmt: skip
@@ -153,6 +160,9 @@ def report(args) -> None:
                 entry[f"b{beams}_sent_s"] = d["sorted"]["sent_s"]
                 entry[f"b{beams}_bleu"] = d["sorted"]["bleu"]
                 entry[f"b{beams}_generate_corpus_order_sent_s"] = d["corpus_order"]["sent_s"]
+                if "pipeline" in d:
+                    entry[f"b{beams}_pipeline_sent_s"] = d["pipeline"]["sent_s"]
+                    entry[f"b{beams}_pipeline_same"] = d["pipeline"]["same_as_translate"]
                 # peak memory: the translate command alone (as the peers'); the timing script's process as well
                 entry[f"b{beams}_peak_rss_mb"] = peak_rss_mb(logs / f"translate_{name}_b{beams}.time")
                 entry[f"b{beams}_timing_script_peak_rss_mb"] = peak_rss_mb(logs / f"decode_{name}_b{beams}.time")
@@ -188,6 +198,13 @@ def report(args) -> None:
     lines += ["", "Peak RSS of the decode timing script (translate, corpus order, hand-written loop; MB, b1 / b5): "
               + "; ".join(f"{name} {e.get('b1_timing_script_peak_rss_mb', '–')} / "
                           f"{e.get('b5_timing_script_peak_rss_mb', '–')}" for name, e in ours.items())]  # fmt: skip
+    lines += ["", "| ours | pipeline greedy sent/s | ×ONMT | same as translate | pipeline beam-5 sent/s | ×ONMT "
+              "| same as translate |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, e in ours.items():
+        if "b1_pipeline_sent_s" in e:
+            lines.append(f"| {name} | {e['b1_pipeline_sent_s']} | {ratio(e['b1_pipeline_sent_s'], onmt.get('b1_sent_s'))} "
+                         f"| {e['b1_pipeline_same']} | {e.get('b5_pipeline_sent_s', '–')} "
+                         f"| {ratio(e.get('b5_pipeline_sent_s'), onmt.get('b5_sent_s'))} | {e.get('b5_pipeline_same', '–')} |")  # fmt: skip
     lines += ["", "| ours | generate() greedy, corpus order | hand-written greedy loop | generate() / loop "
               "| alternating, best of each |", "|---|---|---|---|---|"]  # fmt: skip
     for name, e in ours.items():

@@ -539,9 +539,14 @@ def test_greedy_loop_test_fails_when_finished_sentences_keep_the_wrong_state(mon
     settings = dict(attention_mask=mask, max_new_tokens=20)
     reference = transformers_generate(model, input_ids, **settings)
     assert model.generate(input_ids, **settings).tolist() == reference.tolist()
-    keep_rows = RNNAttentionCache.keep_rows
-    monkeypatch.setattr(RNNAttentionCache, "keep_rows",
-                        lambda self, rows: keep_rows(self, torch.arange(rows.shape[0])))  # fmt: skip
+    drop_rows = RNNAttentionCache.drop_rows
+
+    def drop_the_last_rows(self, stopped):  # as many rows as stopped, but the last ones
+        kept = int((~stopped).sum())
+        drop_rows(self, torch.arange(stopped.shape[0]) >= kept)
+        return torch.arange(kept)
+
+    monkeypatch.setattr(RNNAttentionCache, "drop_rows", drop_the_last_rows)
     assert model.generate(input_ids, **settings).tolist() != reference.tolist()
 
 
@@ -649,6 +654,50 @@ def test_continuous_batching_gives_each_sentence_its_generate_output(variant, rn
             model.generate(input_ids, attention_mask=mask, max_new_tokens=12)
         admitted_late |= steps < len(rows)
     assert admitted_late
+
+
+def test_continuous_batching_pool_moves_only_the_rows_it_must():
+    """The pool's memory buffers: drop_rows moves the running rows beyond the kept range into the stopped rows'
+    places (the others stay where they are) and returns the old row of each; append_rows pads the shorter memory
+    with zeros and the padding bias, growing the buffers when needed; trim_source narrows the view."""
+    from hf_rnn_attention.modeling_rnn_attention import Memory
+
+    generator = torch.Generator().manual_seed(0)
+
+    def cache(rows, source_len):
+        memory = Memory(torch.randn(rows, source_len, 6, generator=generator),
+                        torch.randn(rows, source_len, 4, generator=generator), torch.zeros(rows, 1, source_len))  # fmt: skip
+        state = tuple(torch.randn(2, rows, 5, generator=generator) for _ in range(2))
+        return RNNAttentionCache(memory, state, torch.randn(rows, 5, generator=generator))
+
+    pool = cache(6, 7)
+    memory, state, feed = pool.memory, pool.state, pool.input_feed
+    pool.reserve_rows(8)
+    order = pool.drop_rows(torch.tensor([True, False, False, True, False, False]))
+    assert order.tolist() == [4, 1, 2, 5]  # rows 4 and 5 fill the places of rows 0 and 3; rows 1 and 2 stay
+    for got, full in zip(pool.memory, memory, strict=True):
+        assert torch.equal(got, full[order])
+    assert all(torch.equal(got, full[:, order]) for got, full in zip(pool.state, state, strict=True))
+    assert torch.equal(pool.input_feed, feed[order])
+    before = [tensor.clone() for tensor in pool.memory]
+    longer = cache(3, 9)
+    pool.append_rows(longer)  # 7 rows of 8: in place, the source grows to 9
+    low = torch.finfo(torch.float32).min
+    values, keys, bias = pool.memory
+    assert values.shape == (7, 9, 6) and torch.equal(values[:4, :7], before[0])
+    assert torch.equal(values[4:], longer.memory.values)
+    assert not values[:4, 7:].any() and not keys[:4, 7:].any() and bool((bias[:4, :, 7:] == low).all())
+    assert torch.equal(bias[:4, :, :7], before[2]) and not bias[4:].any()
+    shorter = cache(3, 2)
+    pool.append_rows(shorter)  # 10 rows: the buffers grow
+    values, keys, bias = pool.memory
+    assert values.shape == (10, 9, 6) and torch.equal(values[7:, :2], shorter.memory.values)
+    assert not values[7:, 2:].any() and bool((bias[7:, :, 2:] == low).all())
+    assert pool.state[0].shape == (2, 10, 5) and pool.input_feed.shape == (10, 5)
+    wide = [tensor.clone() for tensor in pool.memory]
+    pool.trim_source(5)
+    assert torch.equal(pool.memory.values, wide[0][:, :5]) and torch.equal(pool.memory.keys, wide[1][:, :5])
+    assert torch.equal(pool.memory.mask_bias, wide[2][..., :5])
 
 
 def test_continuous_batching_test_fails_when_admitted_sentences_attend_to_padding(monkeypatch):
