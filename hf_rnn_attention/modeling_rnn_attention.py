@@ -1525,8 +1525,9 @@ class RNNAttentionCache:
         return order
 
     def trim_source(self, source_len: int) -> None:
-        """In place: the memory's first `source_len` source positions (a view of the reserved buffers), once the
-        rows in use have no token beyond them."""
+        """In place: the memory as a view of the reserved buffers' first `source_len` source positions (at most the
+        buffers' length), once the rows in use have no token beyond them. Every row is padded over the buffers'
+        whole length, so a longer view is valid too."""
         self._view(min(source_len, self._buffers.values.shape[1] if self._buffers is not None else 0))
 
     def __repr__(self) -> str:
@@ -2114,9 +2115,12 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive number of sentences, got {batch_size}.")
-        given_config = generate_kwargs.get("generation_config")  # as generate(): the base the kwargs update
-        config = copy.deepcopy(given_config if given_config is not None else self.generation_config)
-        unused = config.update(**{key: value for key, value in generate_kwargs.items() if key != "generation_config"})
+        # the settings generate() would use: the model's, what a given generation_config sets (its fields left at
+        # the global defaults come from the model's, as in generate()), the other kwargs on top
+        given = generate_kwargs.get("generation_config")
+        settings = {key: value for key, value in generate_kwargs.items() if key != "generation_config"}
+        config = copy.deepcopy(self.generation_config)
+        unused = config.update(**{**(given.to_diff_dict() if given is not None else {}), **settings})
         if config.num_return_sequences not in (None, 1):
             raise ValueError("generate_continuous() returns one sequence per sentence: num_return_sequences must be 1.")
         max_new = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 0) - 1

@@ -62,14 +62,18 @@ class RNNAttentionText2TextPipeline(Pipeline):
     def _decodes_continuously(self, inputs, kwargs: dict) -> bool:
         """A list of strings goes through `model.generate_continuous` (sorted by length, continuous batching for
         greedy decoding), unless it asks for what that method does not return: attention weights, several
-        sequences per input. Other inputs (one string, datasets, generators) take the usual pipeline path. (An
-        empty list gives an empty list, where transformers' own path fails on it.)"""
+        sequences per input, or a streamer (which would see the texts in length order). Other inputs (one string,
+        datasets, generators) take the usual pipeline path. An empty list gives an empty list (transformers 5's own
+        path fails on it). Sampling goes this way too, in length order: seeded samples differ from the usual path's,
+        as they differ with its batch size. `num_workers` has no use here (no DataLoader)."""
+        if isinstance(inputs, list) and not inputs:
+            return True
         if not (isinstance(inputs, list) and all(isinstance(text, str) for text in inputs)):
             return False
         if not hasattr(self.model, "generate_continuous"):
             return False
         _, forward, _ = self._call_params({k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")})
-        if forward.pop("return_attention", False):
+        if forward.pop("return_attention", False) or forward.get("streamer") is not None:  # a streamer: input order
             return False
         generate_kwargs = self._generate_kwargs_of_call(forward)
         settings = self.model.generation_config.to_dict()

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 from conftest import DECODER_VARIANTS, random_batch, tiny_model
-from transformers import GenerationMixin
+from transformers import GenerationConfig, GenerationMixin
 
 from hf_rnn_attention import RNNAttentionCache
 from hf_rnn_attention.modeling_rnn_attention import CACHE_FIELD
@@ -681,7 +681,7 @@ def test_continuous_batching_pool_moves_only_the_rows_it_must():
     assert torch.equal(pool.input_feed, feed[order])
     before = [tensor.clone() for tensor in pool.memory]
     longer = cache(3, 9)
-    pool.append_rows(longer)  # 7 rows of 8: in place, the source grows to 9
+    pool.append_rows(longer)  # 7 rows of 8, but a longer source (9): the buffers grow
     low = torch.finfo(torch.float32).min
     values, keys, bias = pool.memory
     assert values.shape == (7, 9, 6) and torch.equal(values[:4, :7], before[0])
@@ -698,6 +698,18 @@ def test_continuous_batching_pool_moves_only_the_rows_it_must():
     pool.trim_source(5)
     assert torch.equal(pool.memory.values, wide[0][:, :5]) and torch.equal(pool.memory.keys, wide[1][:, :5])
     assert torch.equal(pool.memory.mask_bias, wide[2][..., :5])
+    pool.trim_source(3)  # rows in use reach 3 positions at most: the view narrows
+    pointers = [buffer.data_ptr() for buffer in pool._buffers]
+    order = pool.drop_rows(torch.tensor([False] * 8 + [True, True]))  # the last two end: nothing moves
+    assert order.tolist() == list(range(8)) and pool.memory.values.shape == (8, 3, 6)
+    narrow = cache(1, 2)
+    pool.append_rows(narrow)  # room and width: in place, only its row written
+    assert [buffer.data_ptr() for buffer in pool._buffers] == pointers
+    assert pool.memory.values.shape == (9, 3, 6) and torch.equal(pool.memory.values[8, :2], narrow.memory.values[0])
+    assert not pool.memory.values[8, 2:].any() and float(pool.memory.mask_bias[8, 0, 2]) == low
+    assert torch.equal(pool.memory.values[:8], wide[0][:8, :3])
+    pool.drop_rows(torch.ones(9, dtype=torch.bool))  # every row ends
+    assert pool.memory.values.shape[0] == 0 and pool.state[0].shape == (2, 0, 5)
 
 
 def test_continuous_batching_test_fails_when_admitted_sentences_attend_to_padding(monkeypatch):
@@ -741,6 +753,12 @@ def test_continuous_batching_hands_what_it_does_not_do_to_generate():
     config.num_beams = 1
     ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, generation_config=config)
     assert [row.tolist() for row in ours] == greedy
+    # and, as in generate(), what a given generation_config leaves unset comes from the model's
+    model.generation_config.num_beams = 3
+    given = GenerationConfig(max_new_tokens=10)
+    ours = model.generate_continuous(sources, batch_size=4, generation_config=given)
+    assert [row.tolist() for row in ours] == generate_one_by_one(model, sources, generation_config=given) != greedy
+    model.generation_config.num_beams = 1
     with pytest.raises(ValueError, match="batch_size"):
         model.generate_continuous(sources, batch_size=0)
     with pytest.raises(ValueError, match="num_return_sequences"):

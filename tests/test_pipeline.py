@@ -89,6 +89,25 @@ def test_a_list_is_decoded_sorted_and_continuously_with_each_text_its_own_output
     assert results == [{"generated_text": text} for text in expected] and calls == [3, 1, 4]
 
 
+def test_settings_given_to_the_pipeline_hold_on_both_paths_and_greedy_lists_are_batched_continuously(
+    model_and_tokenizer, monkeypatch
+):
+    """generate() settings passed to pipeline(...) apply to one text and to a list (transformers 4.x keeps them in
+    the pipeline's generation_config), and a greedy list reaches continuous batching, not generate() per batch."""
+    model, tokenizer = model_and_tokenizer
+    continuous, original = [], model._greedy_continuous
+    monkeypatch.setattr(model, "_greedy_continuous", lambda *args: continuous.append(1) or original(*args))
+    pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer, max_new_tokens=2)
+    expected = []
+    for text in TEXTS:
+        with torch.no_grad():
+            out = model.generate(**tokenizer([text], return_tensors="pt"), max_new_tokens=2)
+        expected.append(tokenizer.decode(out[0], skip_special_tokens=True).strip())
+    assert expected != [reference(model, tokenizer, [text])[0] for text in TEXTS]  # the setting changes the output
+    assert pipe(TEXTS[1]) == [{"generated_text": expected[1]}] and continuous == []
+    assert pipe(TEXTS, batch_size=2) == [{"generated_text": text} for text in expected] and continuous == [1]
+
+
 def test_a_list_asking_for_attention_or_several_sequences_takes_the_usual_path(model_and_tokenizer, monkeypatch):
     model, tokenizer = model_and_tokenizer
     pipe = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer)
@@ -100,7 +119,7 @@ def test_a_list_asking_for_attention_or_several_sequences_takes_the_usual_path(m
     several_at_init = pipeline("rnn-attention-text2text", model=model, tokenizer=tokenizer, num_beams=4,
                                num_return_sequences=2)  # fmt: skip
     assert [len(r) for r in several_at_init(TEXTS, max_new_tokens=10, batch_size=2)] == [2, 2, 2]
-    assert pipe([], max_new_tokens=10) == []
+    assert pipe([], max_new_tokens=10) == pipe([], return_attention=True) == pipe([], num_return_sequences=2) == []
     assert calls == []
 
 
