@@ -1470,10 +1470,13 @@ class RNNAttentionCache:
         self._rows = rows
         self._view(self.memory.values.shape[1])
 
-    def _view(self, source_len: int) -> None:
+    def _reserved(self) -> Memory:
         if self._buffers is None:
             raise ValueError("The pool's row operations need the memory in buffers: call reserve_rows() first.")
-        values, keys, bias = self._buffers
+        return self._buffers
+
+    def _view(self, source_len: int) -> None:
+        values, keys, bias = self._reserved()
         rows = self._rows
         self.memory = Memory(values[:rows, :source_len], keys[:rows, :source_len], bias[:rows, :, :source_len])
         self.finished, self._running = None, None
@@ -1484,8 +1487,7 @@ class RNNAttentionCache:
         zeros and the padding bias that gives those positions weight 0 (the buffers grow when `other` is longer or
         there is no room)."""
         count, source_len = other.memory.values.shape[:2]
-        self._view(self.memory.values.shape[1])  # (checks that the buffers exist)
-        rows, capacity, buffer_len = self._rows, *self._buffers.values.shape[:2]
+        rows, capacity, buffer_len = self._rows, *self._reserved().values.shape[:2]
         if rows + count > capacity or source_len > buffer_len:  # grow: every row in use moves to the new buffers
             used = _pad_source(Memory(*(buffer[:rows] for buffer in self._buffers)), max(source_len, buffer_len))
             self._buffers = Memory(*(tensor.new_empty((max(capacity, rows + count), *tensor.shape[1:]))
@@ -1507,7 +1509,7 @@ class RNNAttentionCache:
         """In place: drop the rows where `stopped` `(A,)` is True. The running rows beyond the A' that stay move into
         the places of the stopped rows within them (only their memory is copied); returns `order` `(A',)`, the old
         row of each new row, for the caller's own per-row tensors."""
-        self._view(self.memory.values.shape[1])  # (checks that the buffers exist)
+        buffers = self._reserved()
         running = ~stopped  # (A,)
         kept = int(running.sum())
         holes = stopped[:kept].nonzero().squeeze(1)  # (k,) stopped rows inside the kept range
@@ -1515,7 +1517,7 @@ class RNNAttentionCache:
         order = torch.arange(kept, device=stopped.device)
         order[holes] = movers
         if holes.numel():
-            for buffer in self._buffers:
+            for buffer in buffers:
                 buffer.index_copy_(0, holes, buffer.index_select(0, movers))
         self.state = tuple(s.index_select(1, order) for s in self.state)
         if self.input_feed is not None:
@@ -1528,7 +1530,7 @@ class RNNAttentionCache:
         """In place: the memory as a view of the reserved buffers' first `source_len` source positions (at most the
         buffers' length), once the rows in use have no token beyond them. Every row is padded over the buffers'
         whole length, so a longer view is valid too."""
-        self._view(min(source_len, self._buffers.values.shape[1] if self._buffers is not None else 0))
+        self._view(min(source_len, self._reserved().values.shape[1]))
 
     def __repr__(self) -> str:
         batch, source_len = self.memory.values.shape[:2]

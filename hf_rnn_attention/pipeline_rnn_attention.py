@@ -35,7 +35,7 @@ class RNNAttentionText2TextPipeline(Pipeline):
 
     A list of strings is decoded like the translate command: sorted by length and, for greedy decoding, with
     continuous batching (`model.generate_continuous`, at most `batch_size` texts at a time); the results come
-    back in input order and equal the usual path's.
+    back in input order and, in greedy decoding and beam search, equal the usual path's.
     """
 
     _pipeline_calls_generate = True
@@ -45,42 +45,44 @@ class RNNAttentionText2TextPipeline(Pipeline):
     _load_tokenizer = True
 
     def __call__(self, inputs, **kwargs):
-        if self._decodes_continuously(inputs, kwargs):
-            return self._call_continuous(inputs, **kwargs)
+        if isinstance(inputs, list) and not inputs:
+            return []  # (transformers 5's own path fails on an empty list)
+        continuous = self._continuous_call(inputs, kwargs)
+        if continuous is not None:
+            return self._call_continuous(inputs, *continuous, batch_size=kwargs.get("batch_size"))
         result = super().__call__(inputs, **kwargs)
         # like transformers' classic text2text pipelines: one result per input in a flat list
         if isinstance(inputs, list) and all(isinstance(r, list) and len(r) == 1 for r in result):
             return [r[0] for r in result]
         return result
 
-    def _call_params(self, kwargs: dict) -> tuple[dict, dict, dict]:
-        """The preprocess, forward and postprocess parameters of a call: those of `__init__` and of the call."""
-        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
-        return ({**self._preprocess_params, **preprocess}, {**self._forward_params, **forward},
-                {**self._postprocess_params, **postprocess})  # fmt: skip
-
-    def _decodes_continuously(self, inputs, kwargs: dict) -> bool:
-        """A list of strings goes through `model.generate_continuous` (sorted by length, continuous batching for
-        greedy decoding), unless it asks for what that method does not return: attention weights, several
-        sequences per input, or a streamer (which would see the texts in length order). Other inputs (one string,
-        datasets, generators) take the usual pipeline path. An empty list gives an empty list (transformers 5's own
-        path fails on it). Sampling goes this way too, in length order: seeded samples differ from the usual path's,
-        as they differ with its batch size. `num_workers` has no use here (no DataLoader)."""
-        if isinstance(inputs, list) and not inputs:
-            return True
+    def _continuous_call(self, inputs, kwargs: dict) -> tuple[dict, dict, dict] | None:
+        """For a list of strings that `model.generate_continuous` can decode (sorted by length, continuous
+        batching for greedy decoding), the call's preprocess parameters, generate() kwargs and postprocess
+        parameters (those of `pipeline(...)` and of the call); None for what takes the usual pipeline path: other
+        inputs (one string, datasets, generators) and lists asking for what that method does not return
+        (attention weights, several sequences per input) or for a streamer (which would see the texts in length
+        order). Sampling goes the continuous way too, in length order: seeded samples differ from the usual
+        path's, as they differ with its batch size. `num_workers` has no use there (no DataLoader)."""
         if not (isinstance(inputs, list) and all(isinstance(text, str) for text in inputs)):
-            return False
+            return None
         if not hasattr(self.model, "generate_continuous"):
-            return False
-        _, forward, _ = self._call_params({k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")})
-        if forward.pop("return_attention", False) or forward.get("streamer") is not None:  # a streamer: input order
-            return False
+            return None
+        given = {key: value for key, value in kwargs.items() if key not in ("batch_size", "num_workers")}
+        preprocess, forward, postprocess = self._sanitize_parameters(**given)
+        preprocess = {**self._preprocess_params, **preprocess}
+        forward = {**self._forward_params, **forward}
+        postprocess = {**self._postprocess_params, **postprocess}
+        if forward.pop("return_attention", False) or forward.get("streamer") is not None:
+            return None
         generate_kwargs = self._generate_kwargs_of_call(forward)
         settings = self.model.generation_config.to_dict()
         if generate_kwargs.get("generation_config") is not None:
             settings.update(generate_kwargs["generation_config"].to_diff_dict())
         settings.update(generate_kwargs)
-        return settings.get("num_return_sequences") in (None, 1)
+        if settings.get("num_return_sequences") not in (None, 1):
+            return None
+        return preprocess, generate_kwargs, postprocess
 
     def _generate_kwargs_of_call(self, generate_kwargs: dict) -> dict:
         """generate()'s kwargs for a call: the call's on top of those passed to `pipeline(...)`."""
@@ -91,15 +93,12 @@ class RNNAttentionText2TextPipeline(Pipeline):
             return {**generate_kwargs, "generation_config": self.generation_config}
         return generate_kwargs
 
-    def _call_continuous(self, texts: list[str], batch_size=None, num_workers=None, **kwargs) -> list[dict]:
+    def _call_continuous(self, texts: list[str], preprocess, generate_kwargs, postprocess, batch_size=None) -> list:
         """All texts tokenized at once, sorted by their number of tokens (longest first: the least padding),
         decoded `batch_size` at a time by `model.generate_continuous`, and the results put back in input order.
-        Each text gets what the pipeline's own path gives it (greedy: generate()'s tokens on that text alone)."""
-        if not texts:
-            return []
+        Each text gets what the pipeline's own path gives it in greedy decoding and beam search (generate()'s
+        output on that text alone)."""
         batch_size = batch_size if batch_size is not None else (self._batch_size or 1)
-        preprocess, generate_kwargs, postprocess = self._call_params(kwargs)
-        generate_kwargs = self._generate_kwargs_of_call(generate_kwargs)
         max_source_length = preprocess.get("max_source_length")
         source_ids = self.tokenizer(texts, truncation=max_source_length is not None, max_length=max_source_length,
                                     return_token_type_ids=False)["input_ids"]  # fmt: skip
