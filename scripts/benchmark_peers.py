@@ -219,7 +219,8 @@ def report(args) -> None:
 def rounds(args) -> None:
     """The decoding rounds of `benchmark_peers.sh decode_rounds` (each round: Joey NMT, OpenNMT-py, then ours, on
     the same checkpoints, one after the other): sentences/s of each system in each round, each round's ratios, and
-    their median over the rounds. Alternating rounds spread the machine's drift over every system."""
+    their median over the rounds, then each decoding command's peak RSS by round (the peers' commands and our
+    translate command). Alternating rounds spread the machine's drift over every system."""
     folder = Path(args.folder)
     peer_patterns = {"joey": r"Generation took ([\d.]+)\[sec\]", "onmt": r"Total translation time \(s\): ([\d.]+)"}
     table, ratios = [], {}
@@ -253,8 +254,42 @@ def rounds(args) -> None:
         median = statistics.median(values.values())
         cells = [f"{values[label]:.2f}×" if label in values else "–" for label, _ in table]
         lines.append(f"| {key} | " + " | ".join(cells) + f" | **{median:.2f}×** |")
+    memory = {label: _round_peaks(folder / label) for label, _ in table}
+    lines += _memory_lines(memory)
     print("\n".join(lines))
-    (folder / "rounds.json").write_text(json.dumps({"rounds": dict(table), "ratios": ratios}, indent=2))
+    (folder / "rounds.json").write_text(
+        json.dumps({"rounds": dict(table), "ratios": ratios, "peak_rss_mb": memory}, indent=2)
+    )
+
+
+def _round_peaks(round_dir: Path) -> dict[str, float]:
+    """Peak RSS (MB) of each decoding command of one round, from its `/usr/bin/time -v` file (NAME_bB.time)."""
+    peaks = {path.stem: peak_rss_mb(path) for path in sorted(round_dir.glob("*_b[15].time"))}
+    return {name: value for name, value in peaks.items() if value is not None}
+
+
+def _memory_lines(memory: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown: each command's peak RSS in each round and its median, and in how many rounds each of ours peaked
+    at most at Joey NMT's peak of the same round (target 3: decoding peak RSS ≤ Joey's)."""
+    names = sorted({name for peaks in memory.values() for name in peaks})
+    if not names:
+        return []
+    lines = [
+        "",
+        "| peak RSS MB | " + " | ".join(memory) + " | median | ≤ Joey's (rounds) |",
+        "|---" * (len(memory) + 3) + "|",
+    ]
+    for name in names:
+        values = {label: peaks[name] for label, peaks in memory.items() if name in peaks}
+        beams = name.rsplit("_b", 1)[1]
+        below = [values[label] <= peaks[f"joey_b{beams}"] for label, peaks in memory.items()
+                 if label in values and f"joey_b{beams}" in peaks]  # fmt: skip
+        cells = [f"{values[label]:,.0f}" if label in values else "–" for label in memory]
+        verdict = "" if name.startswith("joey") or not below else f"{sum(below)} of {len(below)}"
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | **{statistics.median(values.values()):,.0f}** | {verdict} |"
+        )
+    return lines
 
 
 def main() -> None:

@@ -6,7 +6,8 @@
 #   nohup bash scripts/benchmark_peers.sh > runs/benchmark_peers.log 2>&1 &
 #   bash scripts/benchmark_peers.sh ours report      # only some steps: peers ours extras report
 #   bash scripts/benchmark_peers.sh peers_decode ours_decode report   # decoding only, of the models a full run left
-#   ROUNDS=3 bash scripts/benchmark_peers.sh decode_rounds   # decoding only, alternating peers and ours, ROUNDS times
+#   ROUNDS=3 bash scripts/benchmark_peers.sh decode_rounds   # decoding speed and peak RSS only, alternating peers
+#                                                             # and ours, ROUNDS times
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PEERS=${PEERS:-/tmp/peers} OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
@@ -75,24 +76,30 @@ ours_decode() {  # decoding again, of the models a full run left in $OUT
   done
 }
 
-decode_rounds() {  # ROUNDS rounds (default 3), each: the peers' decoding, then ours (the translate path), of the
-  # checkpoints a full run left; logs and results in $OUT/decode_rounds/round_N, summary in its rounds.md
+decode_rounds() {  # ROUNDS rounds (default 3), each: the peers' decoding, then ours, of the checkpoints a full run
+  # left, alternating, so that the machine's drift reaches every system alike. Speed from the peers' own reports and
+  # from our translate path (`benchmark_peers.py decode --translate-only`); peak RSS (`/usr/bin/time -v`) of the
+  # peers' commands and of our translate command (what a user runs; its own process, not the timing script's).
+  # Logs and results in $OUT/decode_rounds/round_N, the summary (each round, each ratio, medians) in its rounds.md
   local folder="$OUT/decode_rounds"
   for r in $(seq 1 "${ROUNDS:-3}"); do
     local dir="$folder/round_$r"
     mkdir -p "$dir"
     for b in 1 5; do
       echo "[$(date -u +%FT%TZ)] round $r: joey, onmt_mlp, ours, beam $b" | tee -a "$OUT/logs/sequence.log"
-      "$PEERS/venv-joey/bin/python" -m joeynmt test "$PEERS/cfg/joey_b$b.yaml" -o "$dir/joey_hyp_b$b" \
-          > "$dir/joey_b$b.log" 2>&1
-      TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "$PEERS/venv-onmt/bin/onmt_translate" \
-          -model "$PEERS/runs/onmt_mlp/model_step_454.pt" -src "$PEERS/data/test.bpe.de" \
-          -output "$dir/onmt_hyp_b$b.txt" -beam_size $b -batch_size 64 -batch_type sents -max_length 100 -gpu -1 \
-          -report_time -seed 1 > "$dir/onmt_b$b.log" 2>&1
+      /usr/bin/time -v -o "$dir/joey_b$b.time" "$PEERS/venv-joey/bin/python" -m joeynmt test \
+          "$PEERS/cfg/joey_b$b.yaml" -o "$dir/joey_hyp_b$b" > "$dir/joey_b$b.log" 2>&1
+      /usr/bin/time -v -o "$dir/onmt_b$b.time" env TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 \
+          "$PEERS/venv-onmt/bin/onmt_translate" -model "$PEERS/runs/onmt_mlp/model_step_454.pt" \
+          -src "$PEERS/data/test.bpe.de" -output "$dir/onmt_hyp_b$b.txt" -beam_size $b -batch_size 64 \
+          -batch_type sents -max_length 100 -gpu -1 -report_time -seed 1 > "$dir/onmt_b$b.log" 2>&1
       for name in bahdanau luong; do
         "$BIN/python" scripts/benchmark_peers.py decode "$OUT/$name" --num-beams "$b" --translate-only \
             --source "$PEERS/data/test.raw.de" --reference "$PEERS/data/test.raw.en" \
             --output "$dir/${name}_b$b.json" > "$dir/${name}_b$b.log" 2>&1
+        /usr/bin/time -v -o "$dir/${name}_b$b.time" "$BIN/hf-rnn-attention" translate "$OUT/$name" \
+            --input "$PEERS/data/test.raw.de" --num-beams "$b" --batch-size 64 --max-new-tokens 100 \
+            > "$dir/${name}_translate_b$b.txt" 2> "$dir/${name}_translate_b$b.log"
       done
     done
   done
