@@ -32,10 +32,10 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[
 def translate(
     model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_source_length: int = 256, **generate_kwargs
 ) -> list[str]:
-    """Generate for every text, in input order, at most `batch_size` texts at a time. The texts are tokenized,
-    sorted by their number of tokens (longest first: the least padding), decoded through
-    `model.generate_continuous` (greedy: continuous batching; otherwise generate() batch by batch), and the
-    outputs are put back in the original order."""
+    """Generate for every text, in input order, at most `batch_size` texts at a time. The texts are tokenized and
+    decoded through `model.generate_continuous` (sorted by their number of tokens, longest first: the least
+    padding; greedy: continuous batching; otherwise generate() batch by batch), which returns them in input
+    order."""
     texts = list(texts)
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("translate() returns one output per text: num_return_sequences must be 1.")
@@ -46,10 +46,6 @@ def translate(
     if not texts:
         return []
     source_ids = tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(source_ids[i]), reverse=True)
     model.eval()
-    generated = model.generate_continuous([source_ids[i] for i in order], batch_size=batch_size, **generate_kwargs)
-    outputs: list[str | None] = [None] * len(texts)
-    for row, text in zip(order, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-        outputs[row] = text.strip()
-    return outputs
+    generated = model.generate_continuous(source_ids, batch_size=batch_size, **generate_kwargs)
+    return [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]

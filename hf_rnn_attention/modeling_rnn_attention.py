@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput
 
@@ -2082,7 +2082,8 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
 
     # The generation settings (`GenerationConfig.to_diff_dict()` keys) with which continuous batching gives
     # generate()'s sequences: token ids, the length limit, and options that greedy decoding does not read. Any
-    # other setting (a logits processor, a stopping option, …) sends the sentences to generate() batch by batch.
+    # other setting (a logits processor, a stopping option, …) set to something other than its default
+    # (`_generation_defaults`) sends the sentences to generate() batch by batch.
     _CONTINUOUS_SETTINGS = frozenset({
         "_from_model_config", "transformers_version", "bos_token_id", "decoder_start_token_id", "eos_token_id",
         "pad_token_id", "max_length", "max_new_tokens", "num_beams", "do_sample", "use_cache", "num_return_sequences",
@@ -2090,17 +2091,36 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         "top_p",
     })  # fmt: skip
 
+    @staticmethod
+    def _generation_defaults() -> dict:
+        """The value each generation setting has when nobody sets it. transformers 5 leaves GenerationConfig()'s
+        fields at None and fills the defaults in generate() (`_get_default_generation_params`), so a setting given
+        as its default (`min_length=0`, `repetition_penalty=1.0`) shows in `to_diff_dict()`; in 4.x it does not."""
+        defaults = GenerationConfig().to_dict()
+        defaults.update(getattr(GenerationConfig, "_get_default_generation_params", dict)())
+        return defaults
+
+    def _changed_settings(self, config: GenerationConfig) -> set[str]:
+        """The settings of `config` outside `_CONTINUOUS_SETTINGS` whose value is not their default."""
+        defaults, missing = self._generation_defaults(), object()
+        return {
+            key for key, value in config.to_diff_dict().items()
+            if key not in self._CONTINUOUS_SETTINGS and value != defaults.get(key, missing)
+        }  # fmt: skip
+
     @torch.inference_mode()
     def generate_continuous(
-        self, source_ids: list[list[int]], batch_size: int = 64, **generate_kwargs
+        self, source_ids: list[list[int]], batch_size: int = 64, sort_by_length: bool = True, **generate_kwargs
     ) -> list[torch.LongTensor]:
         """generate() for many source sentences, at most `batch_size` of them decoded at a time; greedy decoding
         with continuous batching.
 
         Args:
-            source_ids: each sentence's token ids, without padding. They are encoded and admitted in this order:
-                longest first gives the least padding (`translate()` sorts them so).
+            source_ids: each sentence's token ids, without padding.
             batch_size: the most sentences decoded at once (and encoded at once).
+            sort_by_length: encode and decode the sentences longest first (a stable sort by token count), which
+                gives the least padding; False: in the given order. The outputs come back in the given order
+                either way.
             generate_kwargs: generate()'s settings (`max_new_tokens`, `num_beams`, …).
         Returns:
             For each sentence, in the input order, its generate() output up to its EOS: `(1 + n,)`, the decoder
@@ -2113,7 +2133,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         sentences end, the next ones take their places (encoded `batch_size` at a time ahead of need); each row
         is decoded on its own, so every sentence gets generate()'s greedy tokens. On test_2016_flickr with the
         peers' Bahdanau model, 737 → about 245 decoder steps. Beam search, sampling and any setting outside
-        `_CONTINUOUS_SETTINGS` go to generate() in batches of `batch_size`, in the given order.
+        `_CONTINUOUS_SETTINGS` go to generate() in batches of `batch_size` (sorted by length too).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive number of sentences, got {batch_size}.")
@@ -2129,7 +2149,7 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
         special = (config.eos_token_id, config.pad_token_id, config.decoder_start_token_id)
         continuous = (
             not unused
-            and set(config.to_diff_dict()) <= self._CONTINUOUS_SETTINGS
+            and not self._changed_settings(config)
             and config.num_beams in (None, 1)
             and not config.do_sample
             and config.use_cache
@@ -2138,9 +2158,18 @@ class RNNAttentionForConditionalGeneration(RNNAttentionPreTrainedModel, Generati
             and all(token is not None for token in special)
             and max_new >= 1
         )
-        if not continuous:
-            return self._generate_in_batches(source_ids, batch_size, generate_kwargs, config)
-        return self._greedy_continuous(source_ids, batch_size, max_new, config)
+        order = list(range(len(source_ids)))
+        if sort_by_length:
+            order.sort(key=lambda i: len(source_ids[i]), reverse=True)  # stable: equal lengths keep their order
+        ordered = [source_ids[i] for i in order]
+        if continuous:
+            generated = self._greedy_continuous(ordered, batch_size, max_new, config)
+        else:
+            generated = self._generate_in_batches(ordered, batch_size, generate_kwargs, config)
+        outputs: list[torch.LongTensor | None] = [None] * len(source_ids)
+        for index, sequence in zip(order, generated, strict=True):
+            outputs[index] = sequence
+        return outputs
 
     def _pad_sources(self, source_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded `(n, S)` input ids and attention mask for a list of token id lists."""

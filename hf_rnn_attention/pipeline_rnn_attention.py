@@ -94,21 +94,16 @@ class RNNAttentionText2TextPipeline(Pipeline):
         return generate_kwargs
 
     def _call_continuous(self, texts: list[str], preprocess, generate_kwargs, postprocess, batch_size=None) -> list:
-        """All texts tokenized at once, sorted by their number of tokens (longest first: the least padding),
-        decoded `batch_size` at a time by `model.generate_continuous`, and the results put back in input order.
+        """All texts tokenized at once and decoded `batch_size` at a time by `model.generate_continuous`, which
+        sorts them by their number of tokens (longest first: the least padding) and returns them in input order.
         Each text gets what the pipeline's own path gives it in greedy decoding and beam search (generate()'s
         output on that text alone)."""
         batch_size = batch_size if batch_size is not None else (self._batch_size or 1)
         max_source_length = preprocess.get("max_source_length")
         source_ids = self.tokenizer(texts, truncation=max_source_length is not None, max_length=max_source_length,
                                     return_token_type_ids=False)["input_ids"]  # fmt: skip
-        order = sorted(range(len(texts)), key=lambda i: len(source_ids[i]), reverse=True)
-        generated = self.model.generate_continuous([source_ids[i] for i in order], batch_size=batch_size,
-                                                   **generate_kwargs)  # fmt: skip
-        results: list[dict | None] = [None] * len(texts)
-        for index, sequence in zip(order, generated, strict=True):
-            (results[index],) = self.postprocess({"sequences": sequence[None, None]}, **postprocess)
-        return results
+        generated = self.model.generate_continuous(source_ids, batch_size=batch_size, **generate_kwargs)
+        return [self.postprocess({"sequences": sequence[None, None]}, **postprocess)[0] for sequence in generated]
 
     def _sanitize_parameters(self, return_attention=None, max_source_length=None, **generate_kwargs):
         preprocess, forward, postprocess = {}, dict(generate_kwargs), {}

@@ -724,7 +724,8 @@ def test_continuous_batching_test_fails_when_admitted_sentences_attend_to_paddin
         model.lm_head.bias[model.config.eos_token_id] = 0.0
     sources = sorted(continuous_sources(), key=len)  # shortest first: admitting longer sentences pads the pool
     reference = generate_one_by_one(model, sources, max_new_tokens=12)
-    assert [row.tolist() for row in model.generate_continuous(sources, batch_size=4, max_new_tokens=12)] == reference
+    settings = dict(batch_size=4, max_new_tokens=12, sort_by_length=False)
+    assert [row.tolist() for row in model.generate_continuous(sources, **settings)] == reference
 
     def pad_with_bias_zero(memory, source_len):
         extra = source_len - memory.values.shape[1]
@@ -732,7 +733,7 @@ def test_continuous_batching_test_fails_when_admitted_sentences_attend_to_paddin
         return modeling_rnn_attention.Memory(values, keys, F.pad(memory.mask_bias, (0, extra), value=0.0))
 
     monkeypatch.setattr(modeling_rnn_attention, "_pad_source", pad_with_bias_zero)
-    assert [row.tolist() for row in model.generate_continuous(sources, batch_size=4, max_new_tokens=12)] != reference
+    assert [row.tolist() for row in model.generate_continuous(sources, **settings)] != reference
 
 
 def test_continuous_batching_hands_what_it_does_not_do_to_generate():
@@ -761,5 +762,43 @@ def test_continuous_batching_hands_what_it_does_not_do_to_generate():
     model.generation_config.num_beams = 1
     with pytest.raises(ValueError, match="batch_size"):
         model.generate_continuous(sources, batch_size=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_continuous_batching_decodes_longest_first_and_answers_in_the_given_order(monkeypatch, num_beams):
+    """generate_continuous encodes the sentences longest first (stable for equal lengths) unless told not to, on
+    both paths, and returns each sentence's output in the given order."""
+    model = greedy_model()
+    sources = continuous_sources(count=9)
+    encoded, original = [], model._pad_sources
+    monkeypatch.setattr(model, "_pad_sources", lambda ids: encoded.extend(ids) or original(ids))
+    reference = generate_one_by_one(model, sources, max_new_tokens=10, num_beams=num_beams)
+    for sort_by_length, order in ((True, sorted(sources, key=len, reverse=True)), (False, sources)):
+        encoded.clear()
+        ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, num_beams=num_beams,
+                                         sort_by_length=sort_by_length)  # fmt: skip
+        assert [row.tolist() for row in ours] == reference
+        assert encoded == order != (sources if sort_by_length else sorted(sources, key=len, reverse=True))
+
+
+def test_continuous_batching_takes_settings_given_as_their_defaults(monkeypatch):
+    """Settings given at their default value (min_length=0, repetition_penalty=1.0, no_repeat_ngram_size=0: a
+    generation_config written out in full) still decode continuously, with generate()'s outputs; the same
+    settings at other values go to generate() batch by batch."""
+    model = greedy_model()
+    sources = continuous_sources(count=6)
+    continuous, original = [], model._greedy_continuous
+    monkeypatch.setattr(model, "_greedy_continuous", lambda *args: continuous.append(1) or original(*args))
+    greedy = generate_one_by_one(model, sources, max_new_tokens=10)
+    defaults = dict(min_length=0, repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0)
+    ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, **defaults)
+    assert [row.tolist() for row in ours] == greedy and len(continuous) == 1
+    ours = model.generate_continuous(sources, batch_size=4, generation_config=GenerationConfig(max_new_tokens=10,
+                                                                                             **defaults))  # fmt: skip
+    assert [row.tolist() for row in ours] == greedy and len(continuous) == 2
+    for settings in (dict(min_length=4), dict(repetition_penalty=1.3)):
+        ours = model.generate_continuous(sources, batch_size=4, max_new_tokens=10, **settings)
+        assert [row.tolist() for row in ours] == generate_one_by_one(model, sources, max_new_tokens=10, **settings)
+        assert len(continuous) == 2, settings
     with pytest.raises(ValueError, match="num_return_sequences"):
         model.generate_continuous(sources, num_beams=3, num_return_sequences=2)
