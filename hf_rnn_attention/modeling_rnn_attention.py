@@ -285,10 +285,21 @@ def _product(x: torch.Tensor, weight: torch.Tensor, low) -> torch.Tensor:
     goes through oneDNN: at these shapes MKL runs well below the machine's matmul speed. Measured on 2 cores of an
     AMD EPYC (Zen 4), over the shrinking rows of one batch (scripts/kernel_benchmark.py): 40 → 27 ms for the
     Bahdanau loop's (n, 512) x (512, 2560), 32 → 22 ms for its backward (n, 2560) x (2560, 512), 28 → 17 ms for
-    (n, 512) x (512, 2048), 5.7 → 5.3 ms for the encoder's (n, 256) x (256, 1024). Else MKL."""
+    (n, 512) x (512, 2048), 5.7 → 5.3 ms for the encoder's (n, 256) x (256, 1024). Else MKL.
+
+    oneDNN keeps a compiled primitive per shape, and the rows n shrink through every count from the batch size
+    down as sentences end: they are padded with zeros to [`_row_bucket`] (20 shapes for 1-64 rows instead of 64).
+    Measured on 300 steps of configs/multi30k_de_en_luong_20min.yaml (2 cores, Zen 5, BENCHMARKS.md §4): peak RSS
+    1,491 → 1,429 MB and 1,511 → 1,366 MB in two pairs of runs, the same step time within the noise
+    (scripts/ab_training_step.py: 0.96 Luong, 0.94 and 1.07 Bahdanau)."""
     if low is not None:
         return _low(x, low) @ weight.t()
     if _onednn_step(x, weight):
+        rows = x.shape[0]
+        padded = _row_bucket(rows)
+        if padded != rows:
+            x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])  # (padded, K)
+            return _onednn_product(x, weight, None)[:rows]  # (rows, N): leading rows, contiguous
         return _onednn_product(x.contiguous(), weight, None)
     return x @ weight.t()
 

@@ -476,6 +476,42 @@ def test_fused_loops_run_their_float32_step_products_through_onednn(monkeypatch)
     assert rows == []
 
 
+def test_fused_loops_pad_their_onednn_step_products_to_row_buckets(monkeypatch):
+    """The per-step products' rows go to oneDNN padded to `_row_bucket` sizes (oneDNN keeps a primitive per shape),
+    in the forward and the backward, with the loss and gradients of the unpadded MKL products."""
+    from hf_rnn_attention import modeling_rnn_attention
+
+    if not modeling_rnn_attention.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    config = tiny_config(attention_type="additive", decoder_style="bahdanau", decoder_layers=1)
+    torch.manual_seed(0)
+    model = RNNAttentionForConditionalGeneration(config).train()
+    lengths = [7, 7, 7, 6, 6, 5, 5, 4, 3, 2, 2]  # the encoder's steps run 11, 11, 9, 8, 7, 5 and 3 rows
+    input_ids, mask = random_batch(batch=11, source_len=7, lengths=lengths)
+    labels = torch.randint(3, 40, (11, 6), generator=torch.Generator().manual_seed(5))  # 11 rows every step
+    rows = []
+    product = modeling_rnn_attention._onednn_product
+    monkeypatch.setattr(modeling_rnn_attention, "_onednn_product", lambda *a: rows.append(a[0].shape[0]) or product(*a))
+
+    def loss_and_gradients():
+        model.zero_grad()
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, gradients = loss_and_gradients()
+    step_rows = {n for n in rows if n < 64}  # the training linears see multiples of 64
+    assert step_rows & {12, 10} and not step_rows & {9, 11}  # 11 → 12 and 9 → 10 rows
+    assert step_rows <= {modeling_rnn_attention._row_bucket(n) for n in range(1, 65)}
+    rows.clear()
+    monkeypatch.setattr(modeling_rnn_attention, "ONEDNN_LINEAR", False)  # MKL, unpadded
+    reference_loss, reference_gradients = loss_and_gradients()
+    assert rows == []
+    torch.testing.assert_close(loss, reference_loss)
+    for gradient, reference in zip(gradients, reference_gradients, strict=True):
+        torch.testing.assert_close(gradient, reference, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", DECODER_VARIANTS)
 @pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
 @pytest.mark.parametrize("fast", [True, False])
