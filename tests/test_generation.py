@@ -656,6 +656,29 @@ def test_continuous_batching_gives_each_sentence_its_generate_output(variant, rn
     assert admitted_late
 
 
+def test_running_memory_maps_beam_rows_to_their_sentences_memory():
+    """With the K beams of each sentence sharing its memory row ([`repeat_state`]), the memory of running state rows
+    is that of their sentences (row // K); it is kept while the rows stay the same and taken again when they
+    change or the beams are reordered."""
+    from hf_rnn_attention.modeling_rnn_attention import Memory
+
+    generator = torch.Generator().manual_seed(0)
+    memory = Memory(torch.randn(2, 5, 6, generator=generator), torch.randn(2, 5, 4, generator=generator),
+                    torch.randn(2, 1, 5, generator=generator))  # fmt: skip
+    cache = RNNAttentionCache(memory, (torch.randn(1, 2, 3, generator=generator),))
+    cache.repeat_state(3)  # 2 sentences × 3 beams = 6 state rows, the memory still 2 rows
+    assert cache.memory_groups == 3 and cache.state[0].shape[1] == 6 and cache.memory.values.shape[0] == 2
+    rows = torch.tensor([1, 4, 5])  # sentence 0's second beam, sentence 1's last two
+    running = cache.running_memory(rows)
+    for got, full in zip(running, memory, strict=True):
+        torch.testing.assert_close(got, full[[0, 1, 1]], rtol=0, atol=0)
+    assert cache.running_memory(torch.tensor([1, 4, 5])) is running  # the same rows: kept
+    other = cache.running_memory(torch.tensor([0, 2]))  # both of sentence 0
+    assert other is not running and torch.equal(other.values, memory.values[[0, 0]])
+    cache.reorder_cache(torch.tensor([2, 1, 0, 5, 4, 3]))
+    assert cache.running_memory(torch.tensor([0, 2])) is not other  # reordered beams: taken again
+
+
 def test_continuous_batching_pool_moves_only_the_rows_it_must():
     """The pool's memory buffers: drop_rows moves the running rows beyond the kept range into the stopped rows'
     places (the others stay where they are) and returns the old row of each; append_rows pads the shorter memory
