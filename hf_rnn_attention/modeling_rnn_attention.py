@@ -175,24 +175,22 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _onednn_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bucket_rows: bool = False
-) -> torch.Tensor:
-    """x Wᵀ + b through oneDNN, no autograd, for decoding (the training paths call [`_onednn_product`] directly).
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b through oneDNN, no autograd, its rows padded to [`_row_bucket`]: for decoding's products and the
+    fused training loops' per-step products ([`_product`]), whose rows are at most the batch size.
 
-    oneDNN builds and caches one primitive per input shape. Decoding meets every row count from the batch size
-    down to 1 as sentences finish, and the cached primitives cost memory: with `bucket_rows` the rows are padded
-    with zeros to [`_row_bucket`] (20 shapes for 1 to 64 rows instead of 64). Measured on test_2016 with the
-    peers' models (2 cores, BENCHMARKS.md §4): peak RSS of greedy decoding 641 → 529-539 MiB (Luong), of beam-5
-    decoding 871 → 659-715 MiB (Luong) and 881 → 713 MiB (Bahdanau), at the same speed to within the noise."""
-    if bucket_rows:
-        size = x.shape[-1]
-        rows = x.numel() // size
-        padded = _row_bucket(rows)
-        if padded != rows:
-            flat = torch.cat([x.reshape(rows, size), x.new_zeros(padded - rows, size)])  # (padded, K)
-            out = _onednn_product(flat, weight, bias)[:rows]  # (rows, N)
-            return out.view(*x.shape[:-1], out.shape[-1])
+    oneDNN builds and caches one primitive per input shape. These products meet every row count from the batch
+    size down to 1 as sentences finish, and the cached primitives cost memory: the rows are padded with zeros to
+    20 shapes for 1 to 64 rows instead of 64. Measured on test_2016 with the peers' models (2 cores, BENCHMARKS.md
+    §4): peak RSS of greedy decoding 641 → 529-539 MiB (Luong), of beam-5 decoding 871 → 659-715 MiB (Luong) and
+    881 → 713 MiB (Bahdanau), at the same speed to within the noise."""
+    size = x.shape[-1]
+    rows = x.numel() // size
+    padded = _row_bucket(rows)
+    if padded != rows:
+        flat = torch.cat([x.reshape(rows, size), x.new_zeros(padded - rows, size)])  # (padded, K)
+        out = _onednn_product(flat, weight, bias)[:rows]  # (rows, N): leading rows, contiguous
+        return out.view(*x.shape[:-1], out.shape[-1])
     return _onednn_product(x, weight, bias)
 
 
@@ -216,7 +214,7 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return training_linear(x, layer.weight, layer.bias)
     if not _onednn_fits(x, layer.weight):
         return layer(x)
-    return _onednn_linear(x, layer.weight, layer.bias, bucket_rows=True)
+    return _onednn_linear(x, layer.weight, layer.bias)
 
 
 # ────────────────────────────────── Packed LSTM, fused for the CPU ──────────────────────────────────
@@ -243,8 +241,8 @@ def _lstm_gates_(gates: torch.Tensor, size: int) -> torch.Tensor:
 def _onednn_lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.lstm_cell(x, (h, c), …)` for inference on the CPU with both products through oneDNN (see [`linear`]):
     2.2 ms against 3.6 ms at batch 64, input 768, hidden 512 on 2 cores. Returns h, c `(B, H)`."""
-    gates = _onednn_linear(x, w_ih, b_ih + b_hh, bucket_rows=True)  # (B, 4H)
-    gates.add_(_onednn_linear(h, w_hh, None, bucket_rows=True))
+    gates = _onednn_linear(x, w_ih, b_ih + b_hh)  # (B, 4H)
+    gates.add_(_onednn_linear(h, w_hh, None))
     i, f, g, o = _lstm_gates_(gates, h.shape[1]).chunk(4, dim=1)  # σ, σ, tanh, σ
     c = torch.addcmul(f * c, i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
     return _tanh(c, out=torch.empty_like(c)).mul_(o), c  # h_t = o ⊙ tanh(c_t)
@@ -288,19 +286,13 @@ def _product(x: torch.Tensor, weight: torch.Tensor, low) -> torch.Tensor:
     (n, 512) x (512, 2048), 5.7 → 5.3 ms for the encoder's (n, 256) x (256, 1024). Else MKL.
 
     oneDNN keeps a compiled primitive per shape, and the rows n shrink through every count from the batch size
-    down as sentences end: they are padded with zeros to [`_row_bucket`] (20 shapes for 1-64 rows instead of 64).
-    Measured on 300 steps of configs/multi30k_de_en_luong_20min.yaml (2 cores, Zen 5, BENCHMARKS.md §4): peak RSS
+    down as sentences end: [`_onednn_linear`] pads them to [`_row_bucket`] sizes, as in decoding. Measured on 300 steps of configs/multi30k_de_en_luong_20min.yaml (2 cores, Zen 5, BENCHMARKS.md §4): peak RSS
     1,491 → 1,429 MB and 1,511 → 1,366 MB in two pairs of runs, the same step time within the noise
     (scripts/ab_training_step.py: 0.96 Luong, 0.94 and 1.07 Bahdanau)."""
     if low is not None:
         return _low(x, low) @ weight.t()
     if _onednn_step(x, weight):
-        rows = x.shape[0]
-        padded = _row_bucket(rows)
-        if padded != rows:
-            x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])  # (padded, K)
-            return _onednn_product(x, weight, None)[:rows]  # (rows, N): leading rows, contiguous
-        return _onednn_product(x.contiguous(), weight, None)
+        return _onednn_linear(x.contiguous(), weight, None)
     return x @ weight.t()
 
 
