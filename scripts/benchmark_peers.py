@@ -21,6 +21,7 @@ from pathlib import Path
 
 import sacrebleu
 import torch
+from decoding_args import add_decoding_arguments
 from transformers import AutoTokenizer, pipeline
 
 from hf_rnn_attention import RNNAttentionForConditionalGeneration
@@ -296,12 +297,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     d = commands.add_parser("decode")
-    d.add_argument("model_dir")
-    d.add_argument("--source", required=True)
+    add_decoding_arguments(d)
     d.add_argument("--reference", required=True)
-    d.add_argument("--num-beams", type=int, default=1)
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--max-new-tokens", type=int, default=100)
     d.add_argument("--output")
     d.add_argument("--no-onednn", action="store_true", help="torch.backends.mkldnn.enabled = False")
     d.add_argument(

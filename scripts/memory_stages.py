@@ -15,6 +15,8 @@ import collections
 import ctypes
 import ctypes.util
 
+from decoding_args import add_decoding_arguments  # scripts/: argparse only
+
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
@@ -80,11 +82,7 @@ def largest_mappings(count: int = 8) -> list[tuple[int, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir")
-    parser.add_argument("--source", required=True, help="one text per line")
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
+    add_decoding_arguments(parser)
     parser.add_argument("--encoder-calls", type=int, default=3, help="print a stage after each of the first N")
     args = parser.parse_args()
 

@@ -8,6 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
+from decoding_args import add_decoding_arguments
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoTokenizer
 
@@ -17,11 +18,7 @@ from hf_rnn_attention.inference import translate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir")
-    parser.add_argument("--source", required=True, help="one source sentence per line")
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
+    add_decoding_arguments(parser)
     parser.add_argument("--rows", type=int, default=30, help="operators to print")
     args = parser.parse_args()
     model = RNNAttentionForConditionalGeneration.from_pretrained(args.model_dir).eval()
